@@ -1,0 +1,45 @@
+"""Per-epoch weight snapshots (the last N kept) and checkpoint averaging."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mt_cli.atomic import atomic_path
+from mt_cli.checkpoint import load_checkpoint, save_checkpoint
+
+
+def epoch_checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("epoch_*.pt"))
+
+
+def keep_epoch_checkpoint(folder: Path, epoch: int, cfg, **save_kw) -> None:
+    """Save this epoch's weights when they may be needed (averaging, keep_last > 1); prune older ones."""
+    keep = max(cfg.train.average_last, cfg.train.keep_last - 1)
+    if keep <= 0:
+        return
+    save_checkpoint(folder / f"epoch_{epoch:04d}.pt", cfg=cfg, epoch=epoch, **save_kw)
+    for old in epoch_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+
+
+def average_checkpoints(paths: list[Path], out: Path) -> Path:
+    """Element-wise mean of the weights of `paths`; metadata from the last one."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    ckpts = [load_checkpoint(p) for p in paths]
+    first = ckpts[-1]
+    keys = first["model"].keys()
+    for p, c in zip(paths, ckpts):
+        if c["model"].keys() != keys or c["config"]["model"] != first["config"]["model"]:
+            raise ValueError(f"{p}: a different model; only checkpoints of one run can be averaged")
+    avg = {}
+    for k in keys:
+        t = first["model"][k]
+        avg[k] = (torch.stack([c["model"][k].float() for c in ckpts]).mean(0).to(t.dtype)
+                  if t.is_floating_point() else t)
+    state = {**{k: v for k, v in first.items() if k != "train_state"}, "model": avg,
+             "metrics": {"averaged": [str(p) for p in paths]}}
+    with atomic_path(out) as tmp:
+        torch.save(state, tmp)
+    return out

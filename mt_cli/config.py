@@ -1,0 +1,275 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, validated, passed explicitly."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, reported to users as one line naming the key (and file)."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class DataConfig:
+    corpus: Literal["multi30k", "files"] = "multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    root: str = "data"
+    name: Optional[str] = None
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    test: list[str] = field(default_factory=list)
+    lowercase: bool = True
+    tokenizer: Literal["spacy", "sentencepiece"] = "spacy"
+    sp_type: Literal["bpe", "unigram"] = "bpe"
+    sp_vocab_size: int = 8000
+    joint_vocab: bool = False
+    min_freq: int = 2
+    max_size: Optional[int] = None
+    max_len: int = 256
+
+    def validate(self) -> None:
+        langs = ("de", "en", "fr", "cs")
+        if self.corpus == "multi30k":
+            for k in ("src_lang", "tgt_lang"):
+                _check(getattr(self, k) in langs, f"data.{k}", f"Multi30k has {', '.join(langs)}, not {getattr(self, k)!r}")
+        else:
+            _check(bool(self.train) and bool(self.valid), "data.train",
+                   "corpus 'files' needs data.train and data.valid (a TSV file or a 'prefix' with .<lang> files)")
+        _check(self.src_lang != self.tgt_lang, "data.tgt_lang", "must differ from data.src_lang")
+        _check(self.min_freq >= 1, "data.min_freq", "must be >= 1")
+        _check(self.max_size is None or self.max_size >= 1, "data.max_size", "must be >= 1 or null")
+        _check(8 <= self.max_len <= 4096, "data.max_len", "must be in [8, 4096]")
+        _check(100 <= self.sp_vocab_size <= 100_000, "data.sp_vocab_size", "must be in [100, 100000]")
+
+    @property
+    def corpus_name(self) -> str:
+        return self.name or f"{self.corpus}_{self.src_lang}_{self.tgt_lang}"
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes the prepared corpus."""
+        d = dataclasses.asdict(self)
+        d.pop("root")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256
+    n_heads: int = 8
+    enc_layers: int = 3
+    dec_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    norm: Literal["post", "pre"] = "post"
+    attention: Literal["scaled_dot", "dot", "additive", "bilinear"] = "scaled_dot"
+    positional: Literal["sinusoidal", "learned"] = "sinusoidal"
+    max_positions: int = 1024
+    tie_output: bool = False
+    share_embeddings: bool = False
+
+    def validate(self) -> None:
+        _check(self.d_model >= 8, "model.d_model", "must be >= 8")
+        _check(self.n_heads >= 1 and self.d_model % self.n_heads == 0, "model.n_heads",
+               f"must divide model.d_model ({self.d_model})")
+        for k in ("enc_layers", "dec_layers", "d_ff", "max_positions"):
+            _check(getattr(self, k) >= 1, f"model.{k}", "must be >= 1")
+        for k in ("dropout", "attn_dropout"):
+            _check(0.0 <= getattr(self, k) < 1.0, f"model.{k}", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1234
+    epochs: int = 30
+    max_steps: Optional[int] = None
+    batch_sentences: Optional[int] = None
+    max_tokens: Optional[int] = 4096
+    bucket_width: int = 8
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    label_smoothing: float = 0.1
+    scheduler: Literal["plateau", "inverse_sqrt", "constant"] = "plateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
+    warmup_epochs: int = 0
+    warmup_steps: int = 4000
+    min_lr: float = 1e-6
+    best_metric: Literal["val_loss", "val_bleu"] = "val_loss"
+    early_stopping: Optional[int] = None
+    average_last: int = 0
+    keep_last: int = 1
+    val_bleu: bool = True
+    val_beam_size: int = 1
+    max_nonfinite: int = 10
+    max_oom: int = 5
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    cuda_graphs: bool = True
+    compile: bool = False
+    tensorboard: bool = False
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
+        _check(self.batch_sentences is not None or self.max_tokens is not None, "train.max_tokens",
+               "set train.max_tokens or train.batch_sentences")
+        _check(self.batch_sentences is None or self.batch_sentences >= 1, "train.batch_sentences", "must be >= 1")
+        _check(self.max_tokens is None or self.max_tokens >= 16, "train.max_tokens", "must be >= 16")
+        _check(1 <= self.bucket_width <= 256, "train.bucket_width", "must be in [1, 256]")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(all(0.0 <= b < 1.0 for b in self.betas), "train.betas", "each must be in [0, 1)")
+        _check(self.eps > 0, "train.eps", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.clip >= 0, "train.clip", "must be >= 0 (0 disables clipping)")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
+        _check(0.0 < self.plateau_factor < 1.0, "train.plateau_factor", "must be in (0, 1)")
+        for k in ("plateau_patience", "warmup_epochs", "average_last", "warmup_steps"):
+            _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
+        _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _check(self.early_stopping is None or self.early_stopping >= 1, "train.early_stopping", "must be >= 1 or null")
+        _check(self.val_beam_size >= 1, "train.val_beam_size", "must be >= 1")
+        _check(self.max_nonfinite >= 1 and self.max_oom >= 1, "train.max_nonfinite", "must be >= 1")
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    batch_size: int = 500
+    nbest: int = 1
+
+    def validate(self) -> None:
+        _check(1 <= self.beam_size <= 64, "decode.beam_size", "must be in [1, 64]")
+        _check(self.length_penalty >= 0, "decode.length_penalty", "must be >= 0")
+        _check(self.max_len_a >= 0 and self.max_len_b >= 1, "decode.max_len_b", "max_len_a >= 0 and max_len_b >= 1")
+        _check(self.batch_size >= 1, "decode.batch_size", "must be >= 1")
+        _check(1 <= self.nbest <= self.beam_size, "decode.nbest", "must be in [1, decode.beam_size]")
+
+
+@dataclass
+class Config:
+    name: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def validate(self) -> None:
+        self.data.validate()
+        self.model.validate()
+        self.train.validate()
+        self.decode.validate()
+        if self.model.share_embeddings:
+            _check(self.data.joint_vocab, "model.share_embeddings", "needs data.joint_vocab: true")
+        if self.data.joint_vocab:
+            _check(self.data.tokenizer == "sentencepiece", "data.joint_vocab", "needs data.tokenizer: sentencepiece")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value, tp, key: str):
+    """Check `value` against the annotation `tp`; return it converted (int→float, list→tuple)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        _check(value in args, key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        _check(isinstance(value, dict), key, f"must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key + ".")
+    if origin in (list, tuple):
+        _check(isinstance(value, (list, tuple)), key, f"must be a list, got {value!r}")
+        if origin is tuple:
+            _check(len(value) == len(args), key, f"must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        _check(isinstance(value, bool), key, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, str), key, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for {key}")
+
+
+def _build(cls, raw: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in names:
+            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(names))})")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()})
+
+
+def _parse_override(item: str) -> tuple[list[str], object]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected key=value, e.g. --set train.lr=3e-4")
+    key, text = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(text) if text.strip() else None
+
+
+def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: {part} is not a section")
+        node[path[-1]] = value
+    cfg = _build(Config, raw)
+    cfg.validate()
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Load and validate a YAML config; errors carry the file name."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        cfg = config_from_dict(raw, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+    if cfg.name is None:
+        cfg.name = path.stem if path is not None else "default"
+    return cfg

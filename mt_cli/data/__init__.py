@@ -1,0 +1,1 @@
+"""Data: raw sources, tokenization, vocabularies, prepared corpora and batching."""

@@ -1,0 +1,126 @@
+"""Text ↔ token ids for one language side: spaCy words + Vocab, or a sentencepiece model."""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mt_cli.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
+
+_TRAINED = {"de": "de_core_news_sm", "en": "en_core_web_sm", "fr": "fr_core_news_sm"}
+_NO_SPACE_BEFORE = {".", ",", "!", "?", ";", ":", ")", "]", "}", "%", "n't", "...", "…"}
+_NO_SPACE_AFTER = {"(", "[", "{", "¿", "¡"}
+
+
+def normalize(text: str, lowercase: bool) -> str:
+    text = " ".join(text.split())
+    return text.lower() if lowercase else text
+
+
+def spacy_tokenizer(lang: str):
+    """The rule-based spaCy tokenizer for `lang` (a trained pipeline's, if one is installed)."""
+    import spacy  # imported lazily: training on a prepared corpus must not need spaCy
+
+    try:
+        return spacy.load(_TRAINED[lang], exclude=["parser", "ner", "tagger", "lemmatizer"]).tokenizer
+    except (OSError, KeyError, ImportError):
+        return spacy.blank(lang).tokenizer
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Join word tokens into text: no space before closing punctuation or clitics, after openers."""
+    out: list[str] = []
+    quote_open = False
+    glue_next = False
+    for i, tok in enumerate(tokens):
+        glue = glue_next or not out
+        glue_next = False
+        if tok in _NO_SPACE_BEFORE or (tok.startswith("'") and len(tok) <= 3 and tok[1:].isalpha()):
+            glue = True
+        elif tok == "-" and out and out[-1][-1:].isalnum() and i + 1 < len(tokens) and tokens[i + 1][:1].isalnum():
+            glue, glue_next = True, True
+        elif tok == '"':
+            glue = glue or quote_open
+            glue_next = not quote_open
+            quote_open = not quote_open
+        if tok in _NO_SPACE_AFTER or (tok.endswith("'") and len(tok) == 2 and tok[0].isalpha()):
+            glue_next = True
+        out.append(tok if glue else " " + tok)
+    return re.sub(r"\s+", " ", "".join(out)).strip()
+
+
+class SideCodec:
+    """Encodes and decodes one language side; serializable into a checkpoint as plain data."""
+
+    def __init__(self, kind: str, lang: str, lowercase: bool, vocab: Vocab, sp_model: bytes | None = None):
+        self.kind, self.lang, self.lowercase, self.vocab = kind, lang, lowercase, vocab
+        self.sp_model = sp_model
+        self._sp = None
+        self._tok = None
+
+    # --- construction -----------------------------------------------------
+    @classmethod
+    def train_sentencepiece(cls, texts: list[str], lang: str, lowercase: bool, model_type: str, vocab_size: int):
+        import sentencepiece as spm
+
+        with tempfile.TemporaryDirectory() as d:
+            inp = Path(d) / "train.txt"
+            inp.write_text("\n".join(normalize(t, lowercase) for t in texts if t.strip()) + "\n", encoding="utf-8")
+            spm.SentencePieceTrainer.train(
+                input=str(inp), model_prefix=str(Path(d) / "sp"), model_type=model_type, vocab_size=vocab_size,
+                character_coverage=1.0, unk_id=UNK, pad_id=PAD, bos_id=BOS, eos_id=EOS,
+                unk_piece=SPECIALS[UNK], pad_piece=SPECIALS[PAD], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
+                hard_vocab_limit=False, num_threads=1, minloglevel=2, shuffle_input_sentence=False,
+            )
+            proto = (Path(d) / "sp.model").read_bytes()
+        codec = cls("sentencepiece", lang, lowercase, Vocab([]), proto)
+        sp = codec.sp
+        codec.vocab = Vocab([sp.id_to_piece(i) for i in range(sp.get_piece_size())])
+        return codec
+
+    @property
+    def sp(self):
+        if self._sp is None:
+            import sentencepiece as spm
+
+            self._sp = spm.SentencePieceProcessor(model_proto=self.sp_model)
+        return self._sp
+
+    # --- text <-> tokens --------------------------------------------------
+    def tokenize(self, texts: list[str]) -> list[list[str]]:
+        texts = [normalize(t, self.lowercase) for t in texts]
+        if self.kind == "sentencepiece":
+            return self.sp.encode(texts, out_type=str)
+        if self._tok is None:
+            self._tok = spacy_tokenizer(self.lang)
+        return [[t.text for t in doc if not t.is_space] for doc in self._tok.pipe(texts, batch_size=1000)]
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        if self.kind == "sentencepiece":
+            return self.sp.encode([normalize(t, self.lowercase) for t in texts])
+        return [self.vocab.encode(toks) for toks in self.tokenize(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids (no specials expected; they are dropped) back to text."""
+        ids = [i for i in ids if i >= len(SPECIALS) or i == UNK]
+        if self.kind == "sentencepiece":
+            return self.sp.decode(ids)
+        return detokenize(self.vocab.decode(ids))
+
+    def pieces(self, ids: list[int]) -> list[str]:
+        return [self.vocab.itos[i] for i in ids]
+
+    # --- plain-data state for checkpoints ----------------------------------
+    def state(self) -> dict:
+        d = {"kind": self.kind, "lang": self.lang, "lowercase": self.lowercase, "itos": list(self.vocab.itos)}
+        if self.sp_model is not None:
+            d["sp_model"] = torch.frombuffer(bytearray(self.sp_model), dtype=torch.uint8)
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict) -> "SideCodec":
+        sp = d.get("sp_model")
+        sp_bytes = bytes(sp.numpy().tobytes()) if sp is not None else None
+        return cls(d["kind"], d["lang"], d["lowercase"], Vocab(d["itos"], with_specials=False), sp_bytes)

@@ -1,0 +1,151 @@
+"""Greedy and beam search over batches, on the device, with cached decoder keys/values."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from mt_cli.config import DecodeConfig
+from mt_cli.data.vocab import BOS, EOS, PAD
+
+NEG_INF = float("-inf")
+
+
+def _max_lengths(src: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Longest output (tokens incl. <eos>) per sentence: a × source length + b."""
+    return ((src != PAD).sum(1).float() * a + b).long().clamp(min=1)
+
+
+def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
+    """Where a hypothesis reached its length limit, <eos> is its only continuation."""
+    only_eos = torch.full_like(logp, NEG_INF)
+    only_eos[..., EOS] = 0.0
+    return torch.where(at_limit[..., None], only_eos, logp)
+
+
+@torch.no_grad()
+def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
+                  check_every: int = 4) -> list[list[int]]:
+    """Argmax decoding; returns token ids without <bos>/<eos>."""
+    n = src.size(0)
+    limit = _max_lengths(src, max_len_a, max_len_b)
+    steps = int(limit.max())
+    state = model.start_state(src)
+    last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
+    out = torch.full((n, steps), PAD, dtype=torch.long, device=src.device)
+    done = torch.zeros(n, dtype=torch.bool, device=src.device)
+    for t in range(steps):
+        logp = _force_eos(model.step(last, state), limit - 1 <= t)
+        last = logp.argmax(-1).masked_fill(done, PAD)
+        out[:, t] = last
+        done |= last == EOS
+        if t % check_every == check_every - 1 and bool(done.all()):  # one sync every few steps
+            break
+    return [_until_eos(row) for row in out.tolist()]
+
+
+def _until_eos(row: list[int]) -> list[int]:
+    return row[: row.index(EOS)] if EOS in row else [t for t in row if t != PAD]
+
+
+def length_penalty(length: torch.Tensor | int, alpha: float):
+    """GNMT length penalty ((5 + len) / 6) ** alpha."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0, max_len_a: float = 1.5,
+                max_len_b: int = 10, nbest: int = 1, check_every: int = 4) -> list[list[tuple[list[int], float]]]:
+    """Batched beam search (sentences × beams on the device). A sentence is finished once `beam_size`
+    hypotheses ended in <eos> among the top candidates, so beam 1 is exactly greedy search.
+    Returns, per sentence, the n best (token ids, length-normalized log-probability)."""
+    B, K, dev = src.size(0), beam_size, src.device
+    limit = _max_lengths(src, max_len_a, max_len_b)
+    T = int(limit.max())
+    state = model.start_state(src, expand=K)
+    scores = torch.full((B, K), NEG_INF, device=dev)
+    scores[:, 0] = 0.0  # one live hypothesis per sentence at the start: no duplicate beams
+    hist = torch.full((B, K, T), PAD, dtype=torch.long, device=dev)
+    last = torch.full((B * K,), BOS, dtype=torch.long, device=dev)
+    fin_tokens = torch.full((B, K + 1, T), PAD, dtype=torch.long, device=dev)  # slot K: a bin for non-finals
+    fin_scores = torch.full((B, K + 1), NEG_INF, device=dev)
+    fin_count = torch.zeros(B, dtype=torch.long, device=dev)
+    first_k = torch.arange(2 * K, device=dev) < K
+    row_base = torch.arange(B, device=dev)[:, None] * K
+    for t in range(T):
+        logp = model.step(last, state).view(B, K, -1)
+        logp = _force_eos(logp, (limit - 1 <= t)[:, None].expand(B, K))
+        V = logp.size(-1)
+        cand_s, cand_i = (scores[..., None] + logp).view(B, K * V).topk(2 * K, dim=1)  # (B, 2K)
+        cand_beam, cand_tok = cand_i // V, cand_i % V
+        cand_hist = hist.gather(1, cand_beam[..., None].expand(B, 2 * K, T)).clone()
+        cand_hist[:, :, t] = cand_tok
+        # hypotheses ending in <eos> among the top K candidates are final (while slots remain)
+        is_eos = cand_tok == EOS
+        final = is_eos & first_k & (cand_s > NEG_INF)
+        slot = fin_count[:, None] + final.long().cumsum(1) - 1
+        final &= slot < K
+        slot = torch.where(final, slot, torch.full_like(slot, K))
+        fin_scores.scatter_(1, slot, cand_s / length_penalty(t + 1, alpha))
+        fin_tokens.scatter_(1, slot[..., None].expand(B, 2 * K, T), cand_hist)
+        fin_count += final.sum(1)
+        # the best K candidates that go on become the beam
+        scores, keep = torch.where(is_eos, NEG_INF, cand_s).topk(K, dim=1)
+        hist = cand_hist.gather(1, keep[..., None].expand(B, K, T))
+        last = cand_tok.gather(1, keep).view(-1)
+        model.reorder_state(state, (row_base + cand_beam.gather(1, keep)).view(-1))
+        if t % check_every == check_every - 1 and bool((fin_count >= K).all()):
+            break
+    fin_scores, fin_tokens = fin_scores[:, :K], fin_tokens[:, :K]
+    order = fin_scores.argsort(dim=1, descending=True)[:, :nbest]
+    best_s = fin_scores.gather(1, order).tolist()
+    best_t = fin_tokens.gather(1, order[..., None].expand(B, nbest, T)).tolist()
+    return [[(_until_eos(toks), s) for toks, s in zip(ts, ss) if s > NEG_INF] or [([], NEG_INF)]
+            for ts, ss in zip(best_t, best_s)]
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: DecodeConfig, device: torch.device,
+                  beam_size: int | None = None, amp_dtype: torch.dtype | None = None,
+                  progress=None) -> list[list[tuple[list[int], float]]]:
+    """Decode padded source rows (or a list of 1-D id tensors ending in <eos>) in length-sorted batches;
+    results come back in input order, each a list of n-best (ids, score)."""
+    if isinstance(sources, list):
+        lens = torch.tensor([len(s) for s in sources])
+    else:
+        lens = (sources != PAD).sum(1).cpu()
+    order = torch.argsort(lens, descending=True, stable=True).tolist()
+    k = beam_size or cfg.beam_size
+    results: list = [None] * len(order)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i: i + cfg.batch_size]
+            width = int(lens[idx].max())
+            if isinstance(sources, list):
+                src = torch.full((len(idx), width), PAD, dtype=torch.long)
+                for r, j in enumerate(idx):
+                    src[r, : len(sources[j])] = sources[j]
+                src = src.to(device, non_blocking=True)
+            else:
+                src = sources[torch.tensor(idx, device=sources.device), :width].to(device)
+            with autocast_for(device, amp_dtype):
+                if k == 1:
+                    hyps = [[(h, 0.0)] for h in greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)]
+                else:
+                    hyps = beam_search(model, src, k, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b,
+                                       min(cfg.nbest, k))
+            for j, h in zip(idx, hyps):
+                results[j] = h
+            if progress is not None:
+                progress(len(idx))
+    finally:
+        model.train(was_training)
+    return results

@@ -1,0 +1,79 @@
+"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF) and evaluation reports."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from mt_cli.atomic import write_json, write_text
+from mt_cli.config import Config
+from mt_cli.data.batching import Split
+from mt_cli.data.prepare import corpus_dir
+from mt_cli.data.sources import DataError, read_lines
+from mt_cli.decode import translate_ids
+
+
+def score(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
+    """Corpus BLEU (13a) and chrF over whole sentences; lowercased when the corpus is."""
+    bleu = BLEU(lowercase=lowercase)
+    chrf = CHRF(lowercase=lowercase)
+    b = bleu.corpus_score(hyps, [refs])
+    c = chrf.corpus_score(hyps, [refs])
+    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(bleu.get_signature()),
+            "chrf_signature": str(chrf.get_signature()), "sentences": len(hyps)}
+
+
+def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str]]:
+    """A prepared split: ids, source text, and references (normalized like training)."""
+    folder = corpus_dir(cfg.data)
+    if not (folder / f"{split}.pt").is_file():
+        have = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+        hint = f"available: {', '.join(have)}" if have else "run `mt prepare` with this config first"
+        raise DataError(f"{folder}: no split {split!r} ({hint})")
+    data = Split(folder / f"{split}.pt", cfg.train.bucket_width)
+    src = read_lines(folder / f"{split}.{cfg.data.src_lang}")
+    refs = read_lines(folder / f"{split}.ref.{cfg.data.tgt_lang}")
+    return data, src, refs
+
+
+def decode_split(model, codecs, cfg: Config, data: Split, device, beam_size: int, amp_dtype=None) -> list[str]:
+    rows = torch.arange(len(data))
+    src = data.source_rows(rows)
+    results = translate_ids(model, src, cfg.decode, device, beam_size=beam_size, amp_dtype=amp_dtype)
+    return [codecs["tgt"].decode(r[0][0]) for r in results]
+
+
+def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_size: int, out_dir: Path | None,
+                    amp_dtype=None, log=print, tag: str = "") -> dict:
+    """Decode and score each split; write hypotheses and a JSON report under out_dir."""
+    report = {}
+    for split in splits:
+        data, _, refs = load_eval_split(cfg, split)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        hyps = decode_split(model, codecs, cfg, data, device, beam_size, amp_dtype)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        secs = time.perf_counter() - t0
+        res = score(hyps, refs, cfg.data.lowercase)
+        res.update({"beam_size": beam_size, "seconds": round(secs, 3),
+                    "sentences_per_s": round(len(hyps) / max(secs, 1e-9), 1)})
+        report[split] = res
+        if out_dir is not None:
+            write_text(out_dir / f"{split}{tag}.beam{beam_size}.hyp", "".join(h + "\n" for h in hyps))
+        log(f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps)} sentences, beam {beam_size}, "
+            f"{res['sentences_per_s']:.0f} sent/s)")
+    if out_dir is not None and report:
+        write_json(out_dir / f"eval{tag}.beam{beam_size}.json", report)
+    return report
+
+
+def format_table(report: dict) -> str:
+    rows = [f"{'split':<20} {'BLEU':>6} {'chrF':>6} {'beam':>4} {'sent/s':>8}"]
+    for split, r in report.items():
+        rows.append(f"{split:<20} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['beam_size']:>4} {r['sentences_per_s']:>8.0f}")
+    sig = next(iter(report.values()))["bleu_signature"] if report else ""
+    return "\n".join(rows + [f"BLEU signature: {sig}"])

@@ -1,0 +1,172 @@
+"""One optimizer step, run eagerly or replayed from a CUDA graph captured per batch shape.
+
+The step never synchronizes with the host: loss and token counts accumulate in device tensors,
+and a non-finite loss or gradient skips the update on the device (fused Adam's `found_inf`)."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from mt_cli.data.batching import Batch
+from mt_cli.data.vocab import PAD
+
+# accumulator slots
+LOSS, TOKENS, SKIPPED, BAD_RUN, STEPS = range(5)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if device.type != "cuda":
+        if precision in ("bf16", "fp16"):
+            warnings.warn(f"precision {precision} requested on {device}; using fp32")
+        return torch.float32
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
+
+
+def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
+    """Summed token cross-entropy over non-pad targets, and their count (both device tensors)."""
+    logits = model(src, tgt_in)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
+                           label_smoothing=label_smoothing, reduction="sum")
+    return loss, (tgt_out != PAD).sum()
+
+
+class Stepper:
+    """Runs training steps: forward, backward, clip, finite check, Adam, accumulate."""
+
+    def __init__(self, model, optimizer, params, *, device, amp_dtype, clip: float, label_smoothing: float,
+                 use_graphs: bool, scaler=None, log=print):
+        self.model, self.opt, self.params = model, optimizer, params
+        self.device, self.amp_dtype, self.clip, self.ls = device, amp_dtype, clip, label_smoothing
+        self.scaler = scaler
+        self.log = log
+        self.acc = torch.zeros(5, device=device)
+        self.device_skip = device.type == "cuda" and scaler is None and bool(optimizer.defaults.get("fused"))
+        if self.device_skip:
+            self.found_inf = torch.zeros((), device=device)
+            optimizer.found_inf = self.found_inf  # read by fused Adam: skips the update on device
+        self.use_graphs = use_graphs and self.device_skip
+        self.graphs: dict = {}
+        self.pool = None
+        self.warm = False
+
+    # -- the step body, shared by eager and captured execution ---------------------------------
+    def _body(self, src, tgt_in, tgt_out, cache_autocast: bool):
+        with autocast(self.device, self.amp_dtype, cache_autocast):
+            total, ntok = loss_sum(self.model, src, tgt_in, tgt_out, self.ls)
+        loss = total / ntok.clamp(min=1)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        if self.clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
+        finite = torch.isfinite(total) & torch.isfinite(norm)
+        return total, ntok, finite
+
+    def _accumulate(self, total, ntok, finite):
+        a = self.acc
+        a[LOSS] += torch.where(finite, total.detach(), 0.0)
+        a[TOKENS] += torch.where(finite, ntok.float(), 0.0)
+        a[SKIPPED] += (~finite).float()
+        a[BAD_RUN] = torch.where(finite, 0.0, a[BAD_RUN] + 1)
+        a[STEPS] += 1
+
+    def _eager(self, b: Batch):
+        total, ntok, finite = self._body(b.src, b.tgt_in, b.tgt_out, True)
+        if self.device_skip:
+            self.found_inf.copy_((~finite).float())
+            self.opt.step()
+        elif self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        elif bool(finite):  # CPU: a host check costs nothing
+            self.opt.step()
+        self._accumulate(total, ntok, finite)
+        self.opt.zero_grad(set_to_none=False)
+
+    def _graphed(self, b: Batch):
+        key = tuple(b.src.shape)
+        entry = self.graphs.get(key)
+        if entry is None:
+            entry = self._capture(b)
+            if entry is None:
+                return self._eager(b)
+            self.graphs[key] = entry
+        g, (src, tgt_in, tgt_out) = entry
+        src.copy_(b.src, non_blocking=True)
+        tgt_in.copy_(b.tgt_in, non_blocking=True)
+        tgt_out.copy_(b.tgt_out, non_blocking=True)
+        g.replay()
+
+    def _capture(self, b: Batch):
+        static = (b.src.clone(), b.tgt_in.clone(), b.tgt_out.clone())
+        grads = [p.grad for p in self.params]
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm up this shape (autograd, kernels), then undo its grads
+                self._body(*static, cache_autocast=False)
+                torch._foreach_zero_(grads)
+            torch.cuda.current_stream().wait_stream(side)
+            if self.pool is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self.pool):
+                torch._foreach_zero_(grads)
+                total, ntok, finite = self._body(*static, cache_autocast=False)
+                self.found_inf.copy_((~finite).float())
+                self.opt.step()
+                self._accumulate(total, ntok, finite)
+        except Exception as e:  # never lose a run to a capture problem: fall back to eager steps
+            self.log(f"warning: CUDA graph capture failed for batch shape {tuple(b.src.shape)} "
+                     f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); using eager steps")
+            self.use_graphs = False
+            torch.cuda.synchronize()
+            self.opt.zero_grad(set_to_none=False)
+            return None
+        return g, static
+
+    def __call__(self, b: Batch) -> None:
+        if self.use_graphs and self.warm:
+            self._graphed(b)
+        else:
+            self._eager(b)  # the first step creates optimizer state and gradients eagerly
+            self.warm = True
+        self.ooms = 0
+
+    def oom(self, b: Batch, limit: int) -> None:
+        """A CUDA out-of-memory error on one batch: free memory, skip it, stop after `limit` in a row."""
+        self.opt.zero_grad(set_to_none=False)
+        torch.cuda.empty_cache()
+        self.ooms = getattr(self, "ooms", 0) + 1
+        self.log(f"warning: CUDA out of memory on a batch of shape {tuple(b.src.shape)}/{tuple(b.tgt_in.shape)}; "
+                 f"skipped ({self.ooms} in a row)")
+        if self.ooms >= limit:
+            raise RuntimeError(f"CUDA out of memory {self.ooms} times in a row; lower train.max_tokens "
+                               f"(or train.batch_sentences)")
+
+    def take(self) -> list[float]:
+        """Read and reset the accumulators (the only host sync of an epoch)."""
+        vals = self.acc.tolist()
+        self.acc[LOSS] = 0
+        self.acc[TOKENS] = 0
+        self.acc[SKIPPED] = 0
+        self.acc[STEPS] = 0
+        return vals
+
+    def bad_run(self) -> int:
+        return int(self.acc[BAD_RUN].item())
