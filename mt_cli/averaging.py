@@ -5,8 +5,7 @@ from pathlib import Path
 
 import torch
 
-from mt_cli.atomic import atomic_path
-from mt_cli.checkpoint import load_checkpoint, save_checkpoint
+from mt_cli.checkpoint import load_checkpoint, save_checkpoint, save_state
 
 
 def epoch_checkpoints(folder: Path) -> list[Path]:
@@ -14,8 +13,9 @@ def epoch_checkpoints(folder: Path) -> list[Path]:
 
 
 def keep_epoch_checkpoint(folder: Path, epoch: int, cfg, **save_kw) -> None:
-    """Save this epoch's weights when they may be needed (averaging, keep_last > 1); prune older ones."""
-    keep = max(cfg.train.average_last, cfg.train.keep_last - 1)
+    """Save this epoch's weights when they may be needed (averaging, keep_last > 1); prune older ones.
+    keep_last N >= 2 keeps epoch_*.pt of the last N epochs (besides best.pt and last.pt); 1 keeps none."""
+    keep = max(cfg.train.average_last, cfg.train.keep_last if cfg.train.keep_last > 1 else 0)
     if keep <= 0:
         return
     save_checkpoint(folder / f"epoch_{epoch:04d}.pt", cfg=cfg, epoch=epoch, **save_kw)
@@ -40,6 +40,5 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
                   if t.is_floating_point() else t)
     state = {**{k: v for k, v in first.items() if k != "train_state"}, "model": avg,
              "metrics": {"averaged": [str(p) for p in paths]}}
-    with atomic_path(out) as tmp:
-        torch.save(state, tmp)
+    save_state(out, state)
     return out

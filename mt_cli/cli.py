@@ -1,6 +1,7 @@
 """The `mt` command line: a thin layer that parses, loads the config, and calls one function per command."""
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 DEFAULT_CONFIG = "configs/multi30k_de_en.yaml"
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config.")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable).")
+AttnLayerOpt = typer.Option("last", "--attention-layer", help="Decoder layer of the maps: N (1 = first), last or all.")
+AttnHeadsOpt = typer.Option("mean", "--attention-heads", help="Heads: mean (averaged), all (one panel each) or N.")
 
 
 def _say(msg: str) -> None:
@@ -58,17 +61,25 @@ def prepare(config: str = ConfigOpt, source: Optional[str] = typer.Option(
 @app.command()
 def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
           device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-          resume: Optional[str] = typer.Option(None, "--resume", help="Continue a run: 'last' or a checkpoint path.",
-                                               show_default=False),
+          resume: bool = typer.Option(False, "--resume", help="Continue the newest run of this config from its "
+                                      "<saved>/<name>[-N]/last.pt: weights, optimizer, LR schedule, RNG states and the "
+                                      "position in the epoch are restored, so the result equals an uninterrupted run."),
+          resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="PATH", show_default=False,
+                                                    help="Continue from this last.pt (implies --resume)."),
           saved: str = typer.Option("saved", "--saved", help="Checkpoint root folder."),
           result: str = typer.Option("result", "--result", help="Logs and reports root folder.")):
-    """Train a Transformer; keeps best/last checkpoints, logs metrics per epoch, tests at the end."""
+    """Train a Transformer; keeps best/last checkpoints, logs metrics per epoch, tests at the end.
+
+    Ctrl-C or SIGTERM saves last.pt at the next step and prints the command that continues the run.
+    Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see docs/reliability.md)."""
     from mt_cli.evaluate import format_table
     from mt_cli.train import train as run
 
     cfg = _load(config, set_)
-    res = True if resume == "last" else resume
+    res = resume_from or resume or None
     summary = run(cfg, device=device, resume=res, saved_root=saved, result_root=result, log=_say)
+    if summary.get("rank", 0):  # torchrun: rank 0 reports
+        return
     test = {k: v for k, v in summary.get("test", {}).items() if isinstance(v, dict)}
     if test:
         typer.echo(format_table(test))
@@ -81,13 +92,25 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
              beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
              device: str = typer.Option("auto", "--device"),
              out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
-             data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live.")):
+             data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
+             attention: Optional[str] = typer.Option(None, "--attention", help="Also draw cross-attention maps "
+                                                     "of the first --limit sentences of each split into this folder."),
+             limit: int = typer.Option(10, "--limit", help="Sentences per split with an attention map."),
+             attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
     from mt_cli.checkpoint import load_for_inference
     from mt_cli.evaluate import evaluate_splits, format_table
 
+    if attention:
+        maps = _attention_setup(attention, attention_layer, attention_heads)
+        if limit < 1:
+            _fail("--limit must be >= 1", 2)
     dev = _device(device)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
+    if attention:
+        from mt_cli.attention_maps import check_selection
+
+        check_selection(model, *maps)
     if data_root:
         cfg.data.root = data_root
     out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
@@ -95,6 +118,23 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
                              _amp(dev), log=_say)
     typer.echo(format_table(report))
     typer.echo(f"report: {out_dir}")
+    if attention:
+        from mt_cli.attention_maps import split_items, write_attention_maps
+
+        for name in report:
+            items = split_items(model, codecs, cfg, name, dev, beam or 1, limit, _amp(dev))
+            paths = write_attention_maps(model, codecs, items, Path(attention) / name, dev, *maps)
+            _say(f"wrote {len(paths)} attention maps to {Path(attention) / name}")
+
+
+def _attention_setup(folder: str, layer: str, heads: str):
+    """Check the attention-map options before any decoding; returns (layer, heads) parsed."""
+    from mt_cli.atomic import check_writable
+    from mt_cli.attention_maps import parse_heads, parse_layer
+
+    parsed = parse_layer(layer), parse_heads(heads)
+    check_writable(folder)
+    return parsed
 
 
 @app.command()
@@ -103,22 +143,31 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
               output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
               beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
               nbest: int = typer.Option(1, "--nbest", help="Print the n best translations per line (tab-separated)."),
-              device: str = typer.Option("auto", "--device")):
+              device: str = typer.Option("auto", "--device"),
+              attention: Optional[str] = typer.Option(None, "--attention", help="Also draw a cross-attention map "
+                                                      "per line (of the best translation) into this folder: NNNN.png."),
+              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
     """Translate a file or stdin, keeping line count and order."""
     from mt_cli.atomic import atomic_path, check_writable
     from mt_cli.checkpoint import load_for_inference
     from mt_cli.data.sources import read_lines
     from mt_cli.translate import translate_lines
 
+    maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
     if output != "-":
         check_writable(Path(output).resolve().parent)
     dev = _device(device)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
+    if attention:
+        from mt_cli.attention_maps import check_selection
+
+        check_selection(model, *maps)
     if nbest > (beam or cfg.decode.beam_size):
         _fail(f"--nbest {nbest} needs a beam of at least {nbest} (--beam)", 2)
     lines = read_lines(Path(input)) if input != "-" else sys.stdin.read().splitlines()
+    ids = [] if attention else None
     hyps = translate_lines(model, cfg, codecs, lines, dev, beam, nbest, _amp(dev), show_progress=input != "-",
-                           warn=_say)
+                           warn=_say, ids_out=ids)
     text = "".join("\t".join(h) + "\n" for h in hyps)
     if output == "-":
         sys.stdout.write(text)
@@ -126,6 +175,96 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
         with atomic_path(output) as tmp:
             tmp.write_text(text, encoding="utf-8")
         _say(f"wrote {len(hyps)} lines to {output}")
+    if attention:
+        from mt_cli.attention_maps import write_attention_maps
+
+        width = max(4, len(str(len(lines))))
+        items = [(f"{i + 1:0{width}d}", s, h) for i, s, h in ids]
+        paths = write_attention_maps(model, codecs, items, attention, dev, *maps)
+        _say(f"wrote {len(paths)} attention maps to {attention}")
+
+
+@app.command()
+def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
+          steps: int = typer.Option(100, "--steps", help="Timed training steps (after one warm-up step per shape)."),
+          checkpoint: Optional[str] = typer.Option(None, "--checkpoint",
+                                                   help="Model for translation speed [an untrained one of the config]."),
+          split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
+          device: str = typer.Option("auto", "--device"),
+          out: Optional[str] = typer.Option(None, "--out", help="JSON report [result/bench/<config name>.json].")):
+    """Measure training throughput, translation speed (greedy, beam 5) and peak memory."""
+    import json
+
+    from mt_cli.atomic import write_json
+    from mt_cli.bench import bench_training, bench_translation, environment
+    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.data.vocab import PAD
+    from mt_cli.model import build_model
+    from mt_cli.train import load_corpus
+
+    cfg = _load(config, set_)
+    dev = _device(device)
+    report = {"config": config, "overrides": set_ or [], **environment(dev)}
+    report["training"] = bench_training(cfg, dev, steps, log=_say)
+    _say(f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
+         f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s")
+    if checkpoint:
+        model, tcfg, codecs = load_for_inference(checkpoint, dev)
+    else:
+        tcfg = cfg
+        codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
+        model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev).eval()
+    report["translation_model"] = checkpoint or "untrained"
+    report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
+    if dev.type == "cuda":
+        import torch
+
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
+    path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
+    write_json(path, report)
+    typer.echo(json.dumps({k: report[k] for k in ("device", "training", "translation")}, indent=1))
+    typer.echo(f"saved {path}")
+
+
+@app.command()
+def average(checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one run (e.g. saved/run/epoch_*.pt)."),
+            output: str = typer.Option(..., "--output", "-o", help="Where to write the averaged checkpoint.")):
+    """Average the weights of several checkpoints of one run into a new checkpoint."""
+    from mt_cli.averaging import average_checkpoints
+
+    path = average_checkpoints([Path(p) for p in checkpoints], Path(output))
+    typer.echo(f"averaged {len(checkpoints)} checkpoints -> {path}")
+
+
+@app.command()
+def plot(runs: List[str] = typer.Argument(..., help="Run folders, or run names under --result."),
+         out: Optional[str] = typer.Option(None, "--out", "-o",
+                                           help="PNG file [<run>/curves.png for one run, curves.png for several]."),
+         result: str = typer.Option("result", "--result", help="Where run names are looked up.")):
+    """Draw learning curves (loss, validation BLEU, learning rate) of one run, or several overlaid."""
+    from mt_cli.plots import plot_runs
+
+    typer.echo(f"wrote {plot_runs(runs, out, result)}")
+
+
+@app.command()
+def runs(names: Optional[List[str]] = typer.Argument(None, help="Runs to list [every run under --result]."),
+         result: str = typer.Option("result", "--result", help="Folder holding the runs."),
+         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+    """List runs with the config keys that differ between them, best validation BLEU and test BLEU."""
+    import json
+
+    from mt_cli.runs import find_runs, format_runs, runs_report
+
+    report = runs_report(find_runs(result, names))
+    if not report["runs"]:
+        _fail(f"no runs under {result}/", 1)
+    if json_out:
+        for r in report["runs"]:
+            r["config"] = {k: r["config"].get(k) for k in report["differences"]}
+        typer.echo(json.dumps(report, indent=1))
+    else:
+        typer.echo(format_runs(report))
 
 
 def main() -> None:
@@ -156,7 +295,8 @@ def main() -> None:
         from mt_cli.train import TrainingStopped
 
         if isinstance(e, TrainingStopped):
-            typer.echo(f"stopped: {e}", err=True)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 tells
+                typer.echo(f"stopped: {e}", err=True)
             sys.exit(1)
         import click
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,18 @@ import yaml
 
 class ConfigError(ValueError):
     """A config problem, reported to users as one line naming the key (and file)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that also reads 3e-4 and 1E-3 as numbers (YAML 1.1 makes them strings; `--set train.lr=3e-4`)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                              list("-+0123456789."))
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -56,7 +69,12 @@ class DataConfig:
 
     @property
     def corpus_name(self) -> str:
-        return self.name or f"{self.corpus}_{self.src_lang}_{self.tgt_lang}"
+        """Folder name under data/: what the corpus holds plus a short hash of the data config, so
+        configs that differ in any data setting never overwrite each other's corpus."""
+        if self.name:
+            return self.name
+        tok = "word" if self.tokenizer == "spacy" else f"{self.sp_type}{self.sp_vocab_size}{'j' if self.joint_vocab else ''}"
+        return f"{self.corpus}_{self.src_lang}_{self.tgt_lang}.{tok}{'.lc' if self.lowercase else ''}.{self.fingerprint()[:6]}"
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the prepared corpus."""
@@ -115,6 +133,7 @@ class TrainConfig:
     early_stopping: Optional[int] = None
     average_last: int = 0
     keep_last: int = 1
+    save_every: int = 2000  # steps between mid-epoch saves of last.pt (0: only at epoch ends)
     val_bleu: bool = True
     val_beam_size: int = 1
     max_nonfinite: int = 10
@@ -142,6 +161,7 @@ class TrainConfig:
         for k in ("plateau_patience", "warmup_epochs", "average_last", "warmup_steps"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
+        _check(self.save_every >= 0, "train.save_every", "must be >= 0 (0: save last.pt only at epoch ends)")
         _check(self.early_stopping is None or self.early_stopping >= 1, "train.early_stopping", "must be >= 1 or null")
         _check(self.val_beam_size >= 1, "train.val_beam_size", "must be >= 1")
         _check(self.max_nonfinite >= 1 and self.max_oom >= 1, "train.max_nonfinite", "must be >= 1")
@@ -235,7 +255,7 @@ def _parse_override(item: str) -> tuple[list[str], object]:
     if "=" not in item:
         raise ConfigError(f"--set {item}: expected key=value, e.g. --set train.lr=3e-4")
     key, text = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(text) if text.strip() else None
+    return key.strip().split("."), _yaml(text) if text.strip() else None
 
 
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
@@ -261,7 +281,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = _yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):

@@ -30,7 +30,7 @@ def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: i
     n = src.size(0)
     limit = _max_lengths(src, max_len_a, max_len_b)
     steps = int(limit.max())
-    state = model.start_state(src)
+    state = model.start_state(src, max_steps=steps)
     last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
     out = torch.full((n, steps), PAD, dtype=torch.long, device=src.device)
     done = torch.zeros(n, dtype=torch.bool, device=src.device)
@@ -62,7 +62,7 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     B, K, dev = src.size(0), beam_size, src.device
     limit = _max_lengths(src, max_len_a, max_len_b)
     T = int(limit.max())
-    state = model.start_state(src, expand=K)
+    state = model.start_state(src, expand=K, max_steps=T)
     scores = torch.full((B, K), NEG_INF, device=dev)
     scores[:, 0] = 0.0  # one live hypothesis per sentence at the start: no duplicate beams
     hist = torch.full((B, K, T), PAD, dtype=torch.long, device=dev)

@@ -1,17 +1,26 @@
-"""Multi-GPU / multi-node training through torchrun (DistributedDataParallel); no-ops in one process."""
+"""Multi-GPU / multi-node training through torchrun (DistributedDataParallel); no-ops in one process.
+
+torchrun describes the job in the environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
+CUDA devices use NCCL and the CPU uses gloo (MT_DIST_BACKEND=gloo|nccl overrides). Only rank 0 writes
+files; every collective below is called by all ranks at the same point of the program."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
-def setup() -> None:
+def setup(device_type: str | None = None) -> None:
     """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MT_DIST_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
+        if device_type is None:
+            device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        backend = os.environ.get("MT_DIST_BACKEND") or ("nccl" if device_type == "cuda" else "gloo")
+        # rank 0 alone decodes the validation set and runs the final test while the others wait
+        minutes = float(os.environ.get("MT_DIST_TIMEOUT_MIN", "120"))
+        dist.init_process_group(backend, timeout=timedelta(minutes=minutes))
 
 
 def active() -> bool:
@@ -42,19 +51,65 @@ def wrap(model, device: torch.device):
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _backend_device() -> torch.device:
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(t)
     return t
 
 
+def all_reduce_max(values: list[float]) -> list[float]:
+    """Element-wise maximum over ranks of a few host numbers (flags, counters)."""
+    if not active():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_backend_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def broadcast_object(obj):
+    """Rank 0's (picklable) object on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_float(x: float | None) -> float | None:
     """Rank 0's value on every rank."""
+    return broadcast_object(x)
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's object, in rank order, on every rank."""
     if not active():
-        return x
-    obj = [x]
-    dist.broadcast_object_list(obj, src=0)
-    return obj[0]
+        return [obj]
+    out = [None] * world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def on_main(fn, *args, **kw):
+    """Run `fn` on rank 0 only and return its result on every rank; an exception raised there is raised
+    on every rank too (so a bad path or checkpoint stops all processes with the same message, no hang)."""
+    if not active():
+        return fn(*args, **kw)
+    result = None
+    if rank() == 0:
+        try:
+            result = ("ok", fn(*args, **kw))
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            result = ("error", e)
+    kind, value = broadcast_object(result)
+    if kind == "error":
+        raise value
+    return value
 
 
 def barrier() -> None:

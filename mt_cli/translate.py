@@ -11,8 +11,9 @@ from mt_cli.decode import translate_ids
 
 def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, beam_size: int | None = None,
                     nbest: int = 1, amp_dtype=None, show_progress: bool = False,
-                    warn=print) -> list[list[str]]:
-    """Translate each line; an empty line gives an empty translation. Returns n-best lists of text."""
+                    warn=print, ids_out: list | None = None) -> list[list[str]]:
+    """Translate each line; an empty line gives an empty translation. Returns n-best lists of text.
+    With `ids_out`, (line index, source ids, best hypothesis ids) of each non-empty line are appended to it."""
     keep = [i for i, line in enumerate(lines) if line.strip()]
     src_ids = codecs["src"].encode([lines[i] for i in keep])
     long = [keep[j] + 1 for j, ids in enumerate(src_ids) if len(ids) > cfg.data.max_len]
@@ -35,7 +36,9 @@ def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, 
     finally:
         bar.close()
     out: list[list[str]] = [[""] * nbest for _ in lines]
-    for i, hyps in zip(keep, results):
+    for i, src, hyps in zip(keep, src_ids, results):
+        if ids_out is not None:
+            ids_out.append((i, src, hyps[0][0]))
         texts = [codecs["tgt"].decode(ids) for ids, _ in hyps]
         out[i] = (texts + [texts[-1]] * nbest)[:nbest]
     return out

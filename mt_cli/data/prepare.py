@@ -13,7 +13,7 @@ from mt_cli import __version__
 from mt_cli.atomic import write_json, write_text
 from mt_cli.config import DataConfig
 from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_splits, read_parallel,
-                                 read_split_files)
+                                 read_split_files, sha256_of, split_files)
 from mt_cli.data.tokenize import SideCodec, normalize
 from mt_cli.data.vocab import Vocab
 
@@ -32,6 +32,8 @@ def is_prepared(data: DataConfig) -> bool:
         man = json.loads(m.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if data.corpus == "files" and man.get("files_sha256") != user_file_sums(data):
+        return False
     return man.get("fingerprint") == data.fingerprint() and all(
         (corpus_dir(data) / f"{s}.pt").is_file() for s in man.get("splits", {}))
 
@@ -48,10 +50,31 @@ def _raw_splits(data: DataConfig, source: str | None, log) -> tuple[dict[str, tu
                   for s in names}
         splits["valid"] = splits.pop("val")
         return splits, sums
+    specs = user_splits(data)
+    log(f"reading {', '.join(f'{s} ({spec})' for s, spec in specs.items())}")
+    return {s: read_split_files(spec, data.src_lang, data.tgt_lang) for s, spec in specs.items()}, user_file_sums(data)
+
+
+def user_splits(data: DataConfig) -> dict[str, str]:
+    """Split name -> file spec of a 'files' corpus. Test splits are named after their file, with a
+    'test_' prefix where the name lacks 'test' at the start (training tests every test* split)."""
     specs = {"train": data.train, "valid": data.valid}
     for t in data.test:
-        specs[Path(t).name.removesuffix(".tsv")] = t
-    return {s: read_split_files(spec, data.src_lang, data.tgt_lang) for s, spec in specs.items()}, {}
+        name = Path(t).name.removesuffix(".gz").removesuffix(".tsv")
+        name = name if name.startswith("test") else f"test_{name}"
+        if name in specs:
+            raise DataError(f"data.test: {t} and {specs[name]} would both be split {name!r}; rename one")
+        specs[name] = t
+    return specs
+
+
+def user_file_sums(data: DataConfig) -> dict[str, str]:
+    """SHA-256 of every input file of a 'files' corpus: an edited file makes the prepared corpus stale."""
+    sums = {}
+    for spec in user_splits(data).values():
+        for f in split_files(spec, data.src_lang, data.tgt_lang):
+            sums[str(f)] = sha256_of(f) if f.is_file() else "missing"
+    return sums
 
 
 def _build_codecs(data: DataConfig, train_src: list[str], train_tgt: list[str], log):

@@ -110,7 +110,8 @@ def read_lines(path: Path) -> list[str]:
     out = []
     for i, raw in enumerate(lines, 1):
         try:
-            out.append(raw.decode("utf-8").rstrip("\r"))
+            text = raw.decode("utf-8").rstrip("\r")
+            out.append(text.removeprefix("\ufeff") if i == 1 else text)  # a byte-order mark is not text
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{i}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8") from None
     return out
@@ -134,12 +135,18 @@ def read_tsv(path: Path) -> tuple[list[str], list[str]]:
     return src, tgt
 
 
-def read_split_files(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
-    """A user corpus split: a .tsv file, or a prefix P with files P.<src> and P.<tgt>."""
+def split_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
+    """The file(s) of a user corpus split: [a TSV file] or [P.<src>, P.<tgt>] for a prefix P."""
     p = Path(spec)
     if p.suffix == ".tsv" or (p.is_file() and not Path(f"{spec}.{src_lang}").exists()):
-        return read_tsv(p)
-    return read_parallel(Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}"))
+        return [p]
+    return [Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}")]
+
+
+def read_split_files(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:
+    """A user corpus split: a .tsv file (optionally .gz), or a prefix P with files P.<src> and P.<tgt>."""
+    files = split_files(spec, src_lang, tgt_lang)
+    return read_tsv(files[0]) if len(files) == 1 else read_parallel(*files)
 
 
 def fresh_tempdir(parent: Path) -> Path:

@@ -10,8 +10,8 @@ import torch
 from mt_cli.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 
 _TRAINED = {"de": "de_core_news_sm", "en": "en_core_web_sm", "fr": "fr_core_news_sm"}
-_NO_SPACE_BEFORE = {".", ",", "!", "?", ";", ":", ")", "]", "}", "%", "n't", "...", "…"}
-_NO_SPACE_AFTER = {"(", "[", "{", "¿", "¡"}
+_NO_SPACE_BEFORE = {".", ",", "!", "?", ";", ":", ")", "]", "}", "%", "n't", "...", "…", "”"}
+_NO_SPACE_AFTER = {"(", "[", "{", "¿", "¡", "„"}
 
 
 def normalize(text: str, lowercase: bool) -> str:
@@ -33,6 +33,7 @@ def detokenize(tokens: list[str]) -> str:
     """Join word tokens into text: no space before closing punctuation or clitics, after openers."""
     out: list[str] = []
     quote_open = False
+    low_quote_open = False
     glue_next = False
     for i, tok in enumerate(tokens):
         glue = glue_next or not out
@@ -41,10 +42,14 @@ def detokenize(tokens: list[str]) -> str:
             glue = True
         elif tok == "-" and out and out[-1][-1:].isalnum() and i + 1 < len(tokens) and tokens[i + 1][:1].isalnum():
             glue, glue_next = True, True
+        elif tok == "“":  # closes a German/Czech „…“, opens an English “…”
+            glue, glue_next = glue or low_quote_open, not low_quote_open
+            low_quote_open = False
         elif tok == '"':
             glue = glue or quote_open
             glue_next = not quote_open
             quote_open = not quote_open
+        low_quote_open = low_quote_open or tok == "„"
         if tok in _NO_SPACE_AFTER or (tok.endswith("'") and len(tok) == 2 and tok[0].isalpha()):
             glue_next = True
         out.append(tok if glue else " " + tok)

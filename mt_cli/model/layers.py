@@ -87,6 +87,25 @@ class EncoderLayer(nn.Module):
         return x
 
 
+def _append(cache: dict, k: torch.Tensor, v: torch.Tensor):
+    """Write this step's keys/values into preallocated buffers (batch, heads, capacity, d_head) and
+    return views of the filled part. Fixed-size buffers let the GPU allocator reuse its blocks; a
+    cache grown by concatenation asks for a new, larger block at every step."""
+    n = cache.get("len", 0)
+    step = k.size(2)
+    if "k" not in cache or n + step > cache["k"].size(2):
+        cap = max(cache.get("capacity", 64), 2 * (n + step))
+        for key, new in (("k", k), ("v", v)):
+            buf = new.new_empty(new.size(0), new.size(1), cap, new.size(3))
+            if n:
+                buf[:, :, :n] = cache[key][:, :, :n]
+            cache[key] = buf
+    cache["k"][:, :, n: n + step] = k
+    cache["v"][:, :, n: n + step] = v
+    cache["len"] = n + step
+    return cache["k"][:, :, : n + step], cache["v"][:, :, : n + step]
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, d_model, n_heads, d_ff, dropout, attn_dropout, pre_norm, scoring):
         super().__init__()
@@ -99,14 +118,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, memory_kv, src_mask, cache: dict | None = None, need_weights: bool = False):
         """memory_kv: the cross-attention keys/values of the encoder output (computed once per sentence).
-        cache: incremental decoding state of this layer's self-attention ({"k", "v"}), updated in place."""
+        cache: incremental decoding state of this layer's self-attention (see _append), updated in place."""
         def self_attn(h):
             k, v = self.self_attn.project_kv(h)
             if cache is not None:
-                if "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                cache["k"], cache["v"] = k, v
+                k, v = _append(cache, k, v)
             # with a cache the single new query may see every earlier position: no mask needed
             return self.self_attn(h, (k, v), causal=cache is None)
 

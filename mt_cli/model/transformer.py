@@ -59,14 +59,16 @@ class Transformer(nn.Module):
         return self.decode(tgt_in, memory, mask)
 
     # --- incremental decoding ------------------------------------------------
-    def start_state(self, src: torch.Tensor, expand: int = 1) -> dict:
-        """Encode once; each sentence's state is repeated `expand` times (beams)."""
+    def start_state(self, src: torch.Tensor, expand: int = 1, max_steps: int = 64) -> dict:
+        """Encode once; each sentence's state is repeated `expand` times (beams). `max_steps` sizes
+        the key/value buffers (they grow if decoding goes further)."""
         memory, mask = self.encode(src)
         kv = self.memory_kv(memory)
         if expand > 1:
             kv = [(k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in kv]
             mask = mask.repeat_interleave(expand, 0)
-        return {"memory_kv": kv, "src_mask": mask, "caches": [{} for _ in self.decoder], "pos": 0}
+        return {"memory_kv": kv, "src_mask": mask, "caches": [{"capacity": max_steps} for _ in self.decoder],
+                "pos": 0}
 
     def step(self, tokens: torch.Tensor, state: dict) -> torch.Tensor:
         """Log-probabilities (n, vocab) of the next token after `tokens` (n,), reusing cached keys/values."""
@@ -80,7 +82,7 @@ class Transformer(nn.Module):
     def reorder_state(state: dict, order: torch.Tensor) -> None:
         """Keep hypotheses `order` (beam search); encoder keys/values are equal within a sentence."""
         for cache in state["caches"]:
-            for key in ("k", "v"):
+            for key in ("k", "v"):  # the whole buffer: same size every step, so its memory is reused
                 cache[key] = cache[key].index_select(0, order)
 
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# One GPU session, every figure of the README's results table in one go (run from the repo root):
+#   1. `mt train` with the default config (quality, time per epoch, time to BLEU, whole-run time)
+#   2. `mt bench` on the peer-sized config (CUDA graphs, then eager for comparison) and on the default
+#   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU
+#   4. recipe variants of the default config while time is left
+# Needs: prepared corpora in data/ (mt prepare here; spaCy is not needed for training), and for the
+# peer .gpu/{peers/joeynmt,whl,data/multi30k}. Writes $OUT/{summary.txt,results.tar.gz}.
+# DRY=1 runs every stage for a few steps on the CPU to check the script itself.
+set -u
+OUT="${OUT:-/tmp/gpu_out}"
+PY="${PY:-python3}"
+TOTAL="${TOTAL:-560}"      # seconds this script may take
+RUNS="${RUNS:-runs}"
+T0=$(date +%s)
+mkdir -p "$OUT" "$RUNS/logs"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$RUNS/logs/timeline.txt"; }
+quiet() { tr '\r' '\n' | grep -vE '[0-9]+/[0-9]+ \[|it/s\]|s/it\]|^\s*$'; }
+MT="$PY -m mt_cli"
+SET=(); BSET=(); BSTEPS=400; DEV=cuda
+if [ "${DRY:-0}" = "1" ]; then
+  BSET=(--set decode.max_len_a=0 --set decode.max_len_b=3)
+  SET=(--set train.max_steps=3 --set train.epochs=2 "${BSET[@]}"); BSTEPS=4; DEV=cpu
+fi
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
+  $PY -c "import torch,sys,sacrebleu;print('torch',torch.__version__,'cuda',torch.version.cuda,'python',sys.version.split()[0],'sacrebleu',sacrebleu.__version__)"
+} > "$RUNS/logs/env.txt"
+say "env: $(tr '\n' ' ' < "$RUNS/logs/env.txt")"
+
+# ---- 1. default training -----------------------------------------------------------------------
+say "train default"
+TS=$(date +%s)
+timeout 330 $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" \
+  "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_default.log"
+say "train default rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"; tail -25 "$RUNS/logs/train_default.log"
+CK="$RUNS/saved/multi30k_de_en/averaged.pt"; [ -f "$CK" ] || CK="$RUNS/saved/multi30k_de_en/best.pt"
+
+# ---- 2. benchmarks ------------------------------------------------------------------------------
+say "bench peer-sized (graphs)"
+timeout 120 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $BSTEPS --out "$RUNS/bench_peer_graphs.json" \
+  "${BSET[@]}" 2>&1 | quiet | tail -4
+say "bench peer-sized (eager)"
+timeout 90 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $(( BSTEPS / 2 )) --set train.cuda_graphs=false \
+  --out "$RUNS/bench_peer_eager.json" "${BSET[@]}" 2>&1 | quiet | tail -2
+say "bench default (+ trained model translation)"
+timeout 120 $MT bench --device $DEV --steps $BSTEPS --checkpoint "$CK" --out "$RUNS/bench_default.json" 2>&1 | quiet | tail -2
+
+# ---- 3. the peer, same GPU ----------------------------------------------------------------------
+if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then
+  say "peer harness"
+  WHEELS=$PWD/.gpu/whl DATA=$PWD/.gpu/data/multi30k OUT=$PWD/$RUNS/peer WORK=/tmp/joey_work BUDGET=200 \
+    TRAIN_WALL=90 RESERVE=70 EPOCHS=6 MB_TIMEOUT=45 TEST_TIMEOUT=60 \
+    timeout -s KILL 290 bash .gpu/peers/joeynmt/run.sh > "$RUNS/logs/peer.log" 2>&1
+  say "peer rc=$?"; tail -30 "$RUNS/peer/summary.md" 2>/dev/null
+fi
+
+# ---- 4. variants of the default recipe, side by side on the GPU while time is left (their BLEU
+# counts, not their speed: they share the GPU) --------------------------------------------------
+T=$(( $(left) - 25 ))
+if [ "$T" -ge 60 ]; then
+  for v in "v_d256 --set model.d_model=256 --set model.d_ff=1024 --set model.n_heads=4" \
+           "v_word --set data.tokenizer=spacy --set data.joint_vocab=false --set model.share_embeddings=false"; do
+    name=${v%% *}; args=${v#* }
+    say "variant $name (timeout ${T}s): $args"
+    timeout $T $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" --set name=$name $args \
+      "${SET[@]}" > "$RUNS/logs/variant_$name.log" 2>&1 &
+  done
+  wait
+  for f in "$RUNS"/logs/variant_*.log; do echo "== $f"; quiet < "$f" | grep -E "^(epoch|valid|test_)" | tail -6; done
+else
+  say "no time left for variants (${T}s)"
+fi
+
+# ---- pack ---------------------------------------------------------------------------------------
+say "done"
+tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='tensorboard' "$RUNS" 2>/dev/null
+{ cat "$RUNS/logs/env.txt"; cat "$RUNS/logs/timeline.txt"
+  for f in "$RUNS"/result/*/summary.json; do echo "== $f"; cat "$f"; done
+  for f in "$RUNS"/bench_*.json; do echo "== $f"; cat "$f"; done
+  cat "$RUNS/peer/summary.md" 2>/dev/null; } > "$OUT/summary.txt"

@@ -1,0 +1,95 @@
+"""`mt bench`: training and translation throughput, peak memory, device and versions, as JSON."""
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from mt_cli import __version__
+from mt_cli.config import Config
+from mt_cli.data.batching import batch_plan, iterate
+from mt_cli.data.vocab import PAD
+from mt_cli.distributed import device_name
+from mt_cli.evaluate import decode_split, load_eval_split
+from mt_cli.model import build_model
+from mt_cli.schedule import LRSchedule
+from mt_cli.steps import Stepper, resolve_precision
+from mt_cli.train import load_corpus
+
+
+def _sync(dev) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dict:
+    """Steps per second on real batches, after every batch shape has been seen once (warm-up)."""
+    torch.manual_seed(cfg.train.seed)
+    codecs, train_split, _, _ = load_corpus(cfg, cfg.train.bucket_width)
+    train_split.to(dev)
+    model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev)
+    amp = resolve_precision(cfg.train.precision, dev)
+    fused = dev.type == "cuda"
+    params = list(model.parameters())
+    opt = torch.optim.Adam(params, lr=torch.tensor(cfg.train.lr, device=dev) if fused else cfg.train.lr,
+                           betas=cfg.train.betas, eps=cfg.train.eps, fused=fused or None, capturable=fused)
+    schedule = LRSchedule(opt, cfg.train)
+    net = torch.compile(model) if cfg.train.compile else model
+    use_graphs = cfg.train.cuda_graphs and fused and not cfg.train.compile
+    stepper = Stepper(net, opt, params, device=dev, amp_dtype=amp, clip=cfg.train.clip,
+                      label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, log=log)
+    plan = batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,
+                      seed=cfg.train.seed, epoch=1)
+    warm, seen = [], set()
+    for item in plan:  # one batch of every shape, so captures/compilation stay out of the timing
+        if item[1] not in seen:
+            seen.add(item[1])
+            warm.append(item)
+    t0 = time.perf_counter()
+    for i, b in enumerate(iterate(train_split, warm, dev), 1):
+        schedule.before_step(i)
+        stepper(b)
+    _sync(dev)
+    warm_s = time.perf_counter() - t0
+    timed = (plan * (steps // max(1, len(plan)) + 1))[:steps]
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    n_src = n_tgt = 0
+    t0 = time.perf_counter()
+    for i, b in enumerate(iterate(train_split, timed, dev), len(warm) + 1):
+        schedule.before_step(i)
+        stepper(b)
+        n_src += b.n_src
+        n_tgt += b.n_tgt
+    _sync(dev)
+    secs = time.perf_counter() - t0
+    acc = stepper.take()
+    return {"steps": len(timed), "seconds": round(secs, 3), "warmup_seconds": round(warm_s, 2),
+            "shapes": len(warm), "tokens_per_s": round((n_src + n_tgt) / secs),
+            "tgt_tokens_per_s": round(n_tgt / secs), "steps_per_s": round(len(timed) / secs, 2),
+            "mean_loss": round(acc[0] / max(acc[1], 1), 3), "cuda_graphs": stepper.use_graphs,
+            "precision": str(amp).removeprefix("torch."), "parameters": sum(p.numel() for p in params),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3) if dev.type == "cuda"
+            else None}
+
+
+def bench_translation(model, cfg: Config, codecs, dev: torch.device, split: str, beams: list[int]) -> dict:
+    data, _, _ = load_eval_split(cfg, split)
+    amp = resolve_precision("auto", dev)
+    out = {}
+    decode_split(model, codecs, cfg, data, dev, 1, amp)  # warm-up (kernels, allocator)
+    for k in beams:
+        _sync(dev)
+        t0 = time.perf_counter()
+        decode_split(model, codecs, cfg, data, dev, k, amp)
+        _sync(dev)
+        secs = time.perf_counter() - t0
+        out[f"beam{k}"] = {"sentences": len(data), "seconds": round(secs, 3),
+                           "sentences_per_s": round(len(data) / secs, 1)}
+    return out
+
+
+def environment(dev: torch.device) -> dict:
+    return {"device": device_name(dev), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "mt_cli": __version__, "cpu_threads": torch.get_num_threads()}

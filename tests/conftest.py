@@ -1,0 +1,71 @@
+"""Shared fixtures: the real Multi30k files, one prepared corpus per session, small models."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mt_cli.config import ModelConfig, load_config
+from mt_cli.data.sources import read_lines
+from mt_cli.data.vocab import PAD
+
+REPO = Path(__file__).resolve().parents[1]
+MULTI30K = Path(__file__).resolve().parents[2] / "shared/data/multi30k"
+TINY = REPO / "configs" / "tiny.yaml"
+
+# the suite shares 2 CPU cores with other work: more threads only add contention
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir() -> Path:
+    if not (MULTI30K / "train.de.gz").is_file():
+        pytest.skip(f"Multi30k raw files not found in {MULTI30K} (expected ../shared/data/multi30k from the repo)")
+    return MULTI30K
+
+
+@pytest.fixture(scope="session")
+def real_lines(multi30k_dir):
+    """Raw Multi30k lines, read once: {(split, lang): [lines]}."""
+    cache: dict = {}
+
+    def get(split: str, lang: str) -> list[str]:
+        if (split, lang) not in cache:
+            cache[split, lang] = read_lines(multi30k_dir / f"{split}.{lang}.gz")
+        return cache[split, lang]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, multi30k_dir):
+    """configs/tiny.yaml's corpus (all of Multi30k de→en), prepared once into a temporary data root."""
+    from mt_cli.data.prepare import load_manifest, prepare_corpus
+    from mt_cli.data.tokenize import SideCodec
+
+    root = tmp_path_factory.mktemp("data")
+    cfg = load_config(TINY, [f"data.root={root}"])
+    log: list[str] = []
+    folder = prepare_corpus(cfg.data, source=str(multi30k_dir), log=log.append)
+    state = torch.load(folder / "codecs.pt", map_location="cpu", weights_only=True)
+    codecs = {side: SideCodec.from_state(state[side]) for side in ("src", "tgt")}
+    return SimpleNamespace(cfg=cfg, root=root, folder=folder, codecs=codecs, manifest=load_manifest(folder), log=log)
+
+
+def small_model(src_vocab: int = 50, tgt_vocab: int = 60, seed: int = 0, **overrides):
+    """A tiny Transformer (no dropout, eval mode unless told otherwise) for property tests."""
+    from mt_cli.model import build_model
+
+    kw = dict(d_model=32, n_heads=4, enc_layers=2, dec_layers=2, d_ff=64, dropout=0.0)
+    kw.update(overrides)
+    cfg = ModelConfig(**kw)
+    cfg.validate()
+    torch.manual_seed(seed)
+    return build_model(cfg, src_vocab, tgt_vocab, PAD).eval()
+
+
+def random_ids(batch: int, length: int, vocab: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random non-special token ids (specials are 0..3)."""
+    return torch.randint(4, vocab, (batch, length), generator=generator)

@@ -1,0 +1,258 @@
+"""End to end through the real entry point (`python -m mt_cli`, i.e. mt_cli.cli.main) in a scratch folder:
+prepare -> train -> evaluate -> translate, and the one-line errors users see for bad input.
+
+The main pipeline runs as real subprocesses. The error cases call mt_cli.cli.main in this process (the same
+function `mt` runs, with sys.argv, cwd and stdin set) because each interpreter start costs seconds here."""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from sacrebleu.metrics import BLEU
+
+from conftest import TINY
+from mt_cli.checkpoint import load_checkpoint, load_for_inference
+from mt_cli.config import load_config
+from mt_cli.data.sources import read_lines
+from mt_cli.translate import translate_lines
+
+METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_ppl", "val_bleu", "lr", "seconds", "tokens_per_s"}
+
+
+def mt(*args, cwd, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MT_MULTI30K_DIR"}  # --source must be what is used
+    return subprocess.run([sys.executable, "-m", "mt_cli", *map(str, args)], cwd=cwd, input=stdin,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def cli(capfd, monkeypatch):
+    """Run mt_cli.cli.main with `args` in `cwd`; returns (returncode, stdout, stderr) like subprocess.run."""
+    from mt_cli.cli import main
+
+    def call(*args, cwd, stdin: str = ""):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["mt", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capfd.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        out, err = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return call
+
+
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, f"exit {p.returncode}\nstdout:\n{p.stdout}\nstderr:\n{p.stderr[-3000:]}"
+    assert "Traceback" not in p.stderr
+    return p
+
+
+def one_line_error(p: subprocess.CompletedProcess, code: int | None = None) -> str:
+    """The failure contract of mt_cli.cli.main: a non-zero exit, one line on stderr, no traceback."""
+    assert p.returncode != 0, p.stdout
+    if code is not None:
+        assert p.returncode == code, p.stderr
+    assert "Traceback" not in p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, multi30k_dir):
+    """`mt prepare` then `mt train` of configs/tiny.yaml (data under the scratch folder, 20 steps, short
+    decoding limits so an untrained model's validation and test decoding stay quick)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"]["root"] = "data"
+    raw["train"]["max_tokens"] = 1024
+    raw["decode"].update(max_len_a=0.0, max_len_b=4)
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    prep = ok(mt("prepare", "--config", "tiny.yaml", "--source", multi30k_dir, cwd=tmp))
+    tr = ok(mt("train", "--config", "tiny.yaml", "--set", "train.max_steps=20", "--device", "cpu", cwd=tmp))
+    return {"tmp": tmp, "prepare": prep, "train": tr,
+            "cfg": load_config(tmp / "tiny.yaml", ["train.max_steps=20"])}
+
+
+def test_prepare_builds_the_corpus_from_the_source_folder(run):
+    tmp = run["tmp"]
+    manifests = list((tmp / "data").glob("*/manifest.json"))
+    assert len(manifests) == 1
+    man = json.loads(manifests[0].read_text())
+    assert man["splits"]["train"]["pairs"] == 29000 and man["splits"]["valid"]["pairs"] == 1014
+    assert man["fingerprint"] == run["cfg"].data.fingerprint()
+    assert sorted(p.name for p in (tmp / "data" / "multi30k_raw").iterdir()) == sorted(man["files_sha256"])
+
+
+def test_second_prepare_reuses_the_corpus(run, cli):
+    again = ok(cli("prepare", "--config", "tiny.yaml", "--source", "/nonexistent", cwd=run["tmp"]))
+    assert "up to date" in again.stderr
+
+
+def test_train_writes_what_it_claims(run):
+    tmp, out = run["tmp"], run["train"].stdout
+    assert "run tiny: checkpoints in saved/tiny, logs in result/tiny" in out
+    saved, result = tmp / "saved" / "tiny", tmp / "result" / "tiny"
+    for f in (saved / "best.pt", saved / "last.pt", result / "metrics.jsonl", result / "config.yaml",
+              result / "summary.json"):
+        assert f.is_file() and f.stat().st_size > 0, f
+
+    recs = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 1  # max_steps=20 ends the run inside epoch 1
+    rec = recs[0]
+    assert METRIC_KEYS <= rec.keys()
+    assert rec["epoch"] == 1 and rec["step"] == 20
+    assert all(math.isfinite(rec[k]) for k in ("train_loss", "val_loss", "val_ppl", "lr", "seconds"))
+    assert rec["val_ppl"] == pytest.approx(math.exp(rec["val_loss"]), rel=1e-3)
+    assert 0 <= rec["val_bleu"] <= 100 and rec["lr"] == pytest.approx(1e-3)
+    assert rec["seconds"] > 0 and rec["tokens_per_s"] > 0
+
+    assert load_config(result / "config.yaml").to_dict() == run["cfg"].to_dict()  # reloadable, same settings
+
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["run"] == "tiny" and summary["best_epoch"] == 1
+    assert summary["best_val_loss"] == pytest.approx(rec["val_loss"], abs=1e-4)
+    assert {"valid", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"} <= summary["test"].keys()
+    for split in ("valid", "test_2016_flickr"):
+        hyp = result / f"{split}.beam2.hyp"
+        assert len(read_lines(hyp)) == summary["test"][split]["sentences"]
+    assert summary["test"]["test_2016_flickr"]["sentences"] == 1000
+
+    best = load_checkpoint(saved / "best.pt")
+    last = load_checkpoint(saved / "last.pt")
+    assert best["config"] == run["cfg"].to_dict() and best["step"] == 20 and best["metrics"]["step"] == 20
+    assert "train_state" in last and last["step"] == 20
+    assert best["model"].keys() == last["model"].keys()
+
+
+def test_second_run_gets_its_own_folders(run):
+    """A new run of the same config never overwrites the first (checked without training: the folders exist)."""
+    from mt_cli.train import run_folders
+
+    saved, result = run_folders(run["cfg"], str(run["tmp"] / "saved"), str(run["tmp"] / "result"), resume=False)
+    assert saved.name == result.name == "tiny-2"
+
+
+def test_evaluate_prints_the_table_and_writes_reports(run):
+    tmp = run["tmp"]
+    p = ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2016_flickr", "--device", "cpu",
+              cwd=tmp))
+    lines = p.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["split", "BLEU", "chrF"])
+    row = lines[header + 1].split()
+    assert row[0] == "test_2016_flickr" and row[3] == "1"  # beam 1 (greedy) by default
+    sig = next(line for line in lines if line.startswith("BLEU signature: "))
+    assert sig.startswith("BLEU signature: nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:")
+
+    out = tmp / "result" / "tiny" / "eval"
+    report = json.loads((out / "eval.beam1.json").read_text())
+    assert list(report) == ["test_2016_flickr"]
+    r = report["test_2016_flickr"]
+    assert r["sentences"] == 1000 and r["beam_size"] == 1 and f"BLEU signature: {r['bleu_signature']}" == sig
+    assert float(row[1]) == pytest.approx(r["bleu"], abs=0.01)
+    hyps = read_lines(out / "test_2016_flickr.beam1.hyp")
+    assert len(hyps) == 1000
+    refs = read_lines(next((tmp / "data").glob("*/test_2016_flickr.ref.en")))
+    assert BLEU(lowercase=True).corpus_score(hyps, [refs]).score == pytest.approx(r["bleu"], abs=0.01)
+
+
+def test_translate_keeps_line_count_order_and_empty_lines(run, real_lines, cli):
+    tmp = run["tmp"]
+    de = real_lines("test_2016_flickr", "de")
+    lines = [de[0], "", de[1], "   ", de[2], de[3], "", de[4]]
+    (tmp / "in.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    p = ok(mt("translate", "--checkpoint", "saved/tiny/best.pt", "--input", "in.de", "--output", "out/g.en",
+              "--device", "cpu", cwd=tmp))
+    got = (tmp / "out" / "g.en").read_text(encoding="utf-8").split("\n")
+    assert got[-1] == "" and len(got) - 1 == len(lines)  # one output line per input line, newline-terminated
+    got = got[:-1]
+    assert [g for g, src in zip(got, lines) if not src.strip()] == ["", "", ""]
+    # line i is the translation of input line i: translate each line on its own and compare
+    model, cfg, codecs = load_for_inference(tmp / "saved" / "tiny" / "best.pt", torch.device("cpu"))
+    for src, hyp in zip(lines, got):
+        if src.strip():
+            assert hyp == translate_lines(model, cfg, codecs, [src], torch.device("cpu"))[0][0]
+    assert p.stdout == ""
+    # stdin to stdout gives the same text
+    q = ok(cli("translate", "--checkpoint", "saved/tiny/best.pt", "--device", "cpu", cwd=tmp,
+                           stdin="\n".join(lines) + "\n"))
+    assert q.stdout.split("\n")[:-1] == got
+
+
+# --- bad input: exit code and one line on stderr ------------------------------------------------
+
+def test_unknown_config_key_exits_2(tmp_path, cli):
+    (tmp_path / "bad.yaml").write_text("model:\n  d_modle: 64\n", encoding="utf-8")
+    line = one_line_error(mt("train", "--config", "bad.yaml", cwd=tmp_path), 2)  # a real process: its exit code
+    assert line.startswith("error: ") and "bad.yaml" in line and "model.d_modle" in line and "unknown key" in line
+    line = one_line_error(cli("prepare", "--config", TINY, "--set", "train.foo=1", cwd=tmp_path), 2)
+    assert "train.foo" in line
+
+
+def test_bad_config_value_exits_2(tmp_path, cli):
+    line = one_line_error(cli("train", "--config", TINY, "--set", "model.n_heads=3", cwd=tmp_path), 2)
+    assert "model.n_heads" in line and "tiny.yaml" in line
+
+
+def test_missing_checkpoint_exits_2(tmp_path, cli):
+    for cmd in ("evaluate", "translate"):
+        line = one_line_error(cli(cmd, "--checkpoint", "nope.pt", "--device", "cpu", cwd=tmp_path, stdin="x\n"), 2)
+        assert "nope.pt" in line
+
+
+def test_garbage_checkpoints_exit_2(tmp_path, run, cli):
+    g = torch.Generator().manual_seed(0)
+    (tmp_path / "random.pt").write_bytes(bytes(torch.randint(0, 256, (5000,), generator=g, dtype=torch.uint8)))
+    (tmp_path / "text.pt").write_text("hello\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    good = (run["tmp"] / "saved" / "tiny" / "best.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    torch.save({"model": {}}, tmp_path / "foreign.pt")
+    for name in ("random.pt", "text.pt", "empty.pt", "truncated.pt", "foreign.pt"):
+        line = one_line_error(cli("evaluate", "--checkpoint", name, "--device", "cpu", cwd=tmp_path), 2)
+        assert name in line and line.startswith("error: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_gpu_exits_2(tmp_path, run, cli):
+    ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--device", "cuda", cwd=tmp_path, stdin="x\n"), 2)
+    assert "cuda" in line.lower()
+    line = one_line_error(cli("train", "--config", "tiny.yaml", "--device", "cuda", cwd=run["tmp"]), 2)
+    assert "cuda" in line.lower()
+    assert not (run["tmp"] / "saved" / "tiny-2").exists()  # nothing was started
+
+
+def test_unwritable_output_folder_fails_with_one_line(tmp_path, run, cli):
+    ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
+    (tmp_path / "in.de").write_text("Ein Hund.\n", encoding="utf-8")
+    (tmp_path / "afile").write_text("a file where a folder is needed\n")
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--input", "in.de", "--output", "afile/out/g.en",
+                              "--device", "cpu", cwd=tmp_path))
+    assert "afile" in line and line.startswith("error: ")
+    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "afile/ev",
+                              "--data-root", run["tmp"] / "data", "--device", "cpu", cwd=tmp_path))
+    assert "afile" in line
+
+
+def test_missing_input_file_and_split(tmp_path, run, cli):
+    ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--input", "missing.de", "--device", "cpu",
+                              cwd=tmp_path), 2)
+    assert "missing.de" in line
+    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2099", "--data-root",
+                              run["tmp"] / "data", "--device", "cpu", cwd=tmp_path), 2)
+    assert "test_2099" in line and "test_2016_flickr" in line  # names what is available

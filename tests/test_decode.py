@@ -1,0 +1,132 @@
+"""Greedy and beam search on real sentences: beam 1 is greedy, scores are real, limits hold, order is kept."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import small_model
+from mt_cli.config import DecodeConfig
+from mt_cli.data.batching import Split
+from mt_cli.data.vocab import BOS, EOS, PAD
+from mt_cli.decode import _max_lengths, beam_search, greedy_search, length_penalty, translate_ids
+
+
+@pytest.fixture(scope="module")
+def sources(prepared):
+    """The first 24 sentences of test_2016_flickr as padded id rows (each ends in <eos>)."""
+    split = Split(prepared.folder / "test_2016_flickr.pt")
+    return split.source_rows(torch.arange(24))
+
+
+@pytest.fixture(scope="module")
+def model(prepared, sources):
+    """A random model over the corpus vocabularies with peaked output distributions and an <eos> bias chosen
+    so that hypotheses end at many different lengths (some early, some at the length limit)."""
+    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), seed=0,
+                    d_model=32, n_heads=2, enc_layers=1, dec_layers=1)
+    with torch.no_grad():
+        m.generator.weight.mul_(8)
+    limits = _max_lengths(sources, 1.5, 10)
+    best, best_bias = -1, None
+    for bias in torch.arange(0.0, 5.0, 0.25).tolist():
+        with torch.no_grad():
+            m.generator.bias[EOS] = bias
+        lens = [len(h) for h in greedy_search(m, sources)]
+        at_limit = sum(n + 1 == int(lim) for n, lim in zip(lens, limits))
+        score = len(set(lens)) if 0 < at_limit < len(lens) else 0
+        if score > best:
+            best, best_bias = score, bias
+    with torch.no_grad():
+        m.generator.bias[EOS] = best_bias
+    assert best >= 8, "could not make the random model stop at varied lengths"
+    return m
+
+
+def sequence_logprob(model, src_row: torch.Tensor, hyp: list[int], limit: int) -> float:
+    """Sum of log-probabilities of hyp + <eos> under teacher forcing (the forced final <eos> costs 0)."""
+    tgt_in = torch.tensor([[BOS] + hyp])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(src_row[None], tgt_in), -1)[0]
+    targets = hyp + [EOS]
+    total = sum(float(logp[t, tok]) for t, tok in enumerate(targets[:-1]))
+    return total + (0.0 if len(targets) >= limit else float(logp[len(hyp), EOS]))
+
+
+def test_beam_of_one_is_greedy(model, sources):
+    greedy = greedy_search(model, sources)
+    beam = beam_search(model, sources, beam_size=1)
+    assert [b[0][0] for b in beam] == greedy
+    assert len({len(h) for h in greedy}) >= 8  # the comparison covers many lengths
+
+
+def test_beam_of_one_is_greedy_through_translate_ids(model, sources):
+    cfg = DecodeConfig(beam_size=1, batch_size=7)
+    via_translate = translate_ids(model, sources, cfg, torch.device("cpu"))
+    forced_beam = beam_search(model, sources, beam_size=1)
+    assert [r[0][0] for r in via_translate] == [b[0][0] for b in forced_beam]
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_nbest_sorted_and_scores_are_real(model, sources, alpha):
+    K = 4
+    limits = _max_lengths(sources, 1.5, 10)
+    results = beam_search(model, sources[:8], beam_size=K, alpha=alpha, nbest=K)
+    for i, nbest in enumerate(results):
+        assert len(nbest) == K
+        scores = [s for _, s in nbest]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h) for h, _ in nbest}) == K  # distinct hypotheses
+        for hyp, s in nbest:
+            assert EOS not in hyp and BOS not in hyp and PAD not in hyp
+            lim = int(limits[i])
+            want = sequence_logprob(model, sources[i], hyp, lim) / length_penalty(len(hyp) + 1, alpha)
+            assert s == pytest.approx(want, abs=1e-3)
+
+
+def test_nbest_one_is_the_top_of_nbest(model, sources):
+    top = beam_search(model, sources, beam_size=3, nbest=1)
+    full = beam_search(model, sources, beam_size=3, nbest=3)
+    assert all(len(t) == 1 and t[0] == f[0] for t, f in zip(top, full))
+
+
+@pytest.mark.parametrize("a,b", [(0.0, 3), (0.5, 2), (1.5, 10)])
+def test_max_length_is_respected(model, sources, a, b):
+    limits = _max_lengths(sources, a, b).tolist()
+    assert limits == [max(1, int((int((row != PAD).sum()) * a + b))) for row in sources]
+    for hyps in (greedy_search(model, sources, a, b),
+                 [r[0][0] for r in beam_search(model, sources, 3, 1.0, a, b)]):
+        lens = [len(h) for h in hyps]
+        assert all(n + 1 <= lim for n, lim in zip(lens, limits))  # + the <eos>
+    # with <eos> made impossible, every hypothesis runs to its limit exactly
+    with torch.no_grad():
+        old = model.generator.bias[EOS].item()
+        model.generator.bias[EOS] = -1e4
+    try:
+        assert [len(h) + 1 for h in greedy_search(model, sources, a, b)] == limits
+        assert [len(r[0][0]) + 1 for r in beam_search(model, sources, 2, 1.0, a, b)] == limits
+    finally:
+        with torch.no_grad():
+            model.generator.bias[EOS] = old
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_translate_ids_returns_input_order(model, sources, beam):
+    """Sentences of mixed lengths, decoded in length-sorted batches of 5, come back in input order, each equal
+    to decoding that sentence alone."""
+    rows = [sources[i][sources[i] != PAD] for i in torch.randperm(24, generator=torch.Generator().manual_seed(0))]
+    cfg = DecodeConfig(beam_size=beam, batch_size=5, nbest=1)
+    got = translate_ids(model, rows, cfg, torch.device("cpu"))
+    assert len(got) == len(rows)
+    for row, res in zip(rows, got):
+        alone = translate_ids(model, [row], cfg, torch.device("cpu"))[0]
+        assert res[0][0] == alone[0][0]
+        assert res[0][1] == pytest.approx(alone[0][1], abs=1e-4)
+
+
+def test_translate_ids_restores_training_mode(model, sources):
+    model.train()
+    try:
+        translate_ids(model, sources[:2], DecodeConfig(beam_size=1), torch.device("cpu"))
+        assert model.training
+    finally:
+        model.eval()

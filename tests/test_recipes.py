@@ -1,0 +1,108 @@
+"""Training recipes on a small real corpus: early stopping, checkpoint averaging, schedules, bench,
+and that training on a prepared corpus never imports spaCy."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mt_cli.config import load_config
+from mt_cli.data.prepare import prepare_corpus
+
+from conftest import REPO, TINY
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, real_lines):
+    """A 400-pair corpus of real Multi30k lines (corpus: files, TSV), prepared with sentencepiece."""
+    d = tmp_path_factory.mktemp("small")
+    for name, split, a, b in (("train", "train", 0, 400), ("valid", "val", 0, 40), ("test_small", "test_2016_flickr", 0, 30)):
+        src, tgt = real_lines(split, "de")[a:b], real_lines(split, "en")[a:b]
+        (d / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)), encoding="utf-8")
+    overrides = [f"data.root={d / 'data'}", "data.corpus=files", f"data.train={d / 'train.tsv'}",
+                 f"data.valid={d / 'valid.tsv'}", f"data.test=[{d / 'test_small.tsv'}]", "data.tokenizer=sentencepiece",
+                 "data.sp_vocab_size=400", "train.max_tokens=1024", "decode.max_len_a=0", "decode.max_len_b=8"]
+    cfg = load_config(TINY, overrides)
+    prepare_corpus(cfg.data, log=lambda *_: None)
+    return d, overrides
+
+
+def _train(small, *more, tmp):
+    from mt_cli.train import train
+
+    d, overrides = small
+    cfg = load_config(TINY, overrides + list(more))
+    return cfg, train(cfg, device="cpu", saved_root=str(tmp / "saved"), result_root=str(tmp / "result"),
+                      log=lambda *_: None)
+
+
+def _metrics(summary):
+    path = os.path.join(summary["result"], "metrics.jsonl")
+    return [json.loads(line) for line in open(path, encoding="utf-8")]
+
+
+def test_early_stopping_on_validation_bleu(small, tmp_path):
+    # with a vanishing learning rate the translations, hence BLEU, cannot improve after epoch 1
+    _, s = _train(small, "train.epochs=10", "train.lr=1e-12", "train.best_metric=val_bleu",
+                  "train.early_stopping=2", "train.scheduler=constant", tmp=tmp_path)
+    epochs = [m["epoch"] for m in _metrics(s)]
+    assert epochs == [1, 2, 3]
+    assert s["best_epoch"] == 1 and s["best_val_bleu"] is not None
+
+
+def test_average_last_n_epochs(small, tmp_path):
+    from mt_cli.checkpoint import load_checkpoint
+
+    _, s = _train(small, "train.epochs=3", "train.average_last=2", "train.val_bleu=false", tmp=tmp_path)
+    saved = tmp_path / "saved" / s["run"]
+    kept = sorted(p.name for p in saved.glob("epoch_*.pt"))
+    assert kept == ["epoch_0002.pt", "epoch_0003.pt"]  # older snapshots pruned
+    a, b = (load_checkpoint(saved / k)["model"] for k in kept)
+    avg = load_checkpoint(saved / "averaged.pt")["model"]
+    key = "encoder.0.ffn.0.weight"
+    assert not torch.equal(a[key], b[key])
+    torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
+    assert s["test"]["checkpoint"].endswith("averaged.pt") and "test_small" in s["test"]
+
+
+def test_inverse_sqrt_schedule_warms_up_then_decays(small, tmp_path):
+    cfg, s = _train(small, "train.epochs=2", "train.scheduler=inverse_sqrt", "train.warmup_steps=5",
+                    "train.lr=1e-3", "train.val_bleu=false", tmp=tmp_path)
+    for m in _metrics(s):  # the logged lr is the one of the epoch's last step
+        step, w = m["step"], 5
+        assert m["lr"] == pytest.approx(1e-3 * min(step / w, (w / step) ** 0.5), rel=1e-6)
+
+
+def test_training_does_not_import_spacy(small, tmp_path):
+    d, overrides = small
+    code = (
+        "import sys; sys.modules['spacy'] = None\n"  # any `import spacy` now raises ImportError
+        "from mt_cli.config import load_config; from mt_cli.train import train\n"
+        f"cfg = load_config({str(TINY)!r}, {overrides + ['train.max_steps=3']!r})\n"
+        f"s = train(cfg, device='cpu', saved_root={str(tmp_path / 's')!r}, result_root={str(tmp_path / 'r')!r},"
+        " log=lambda *_: None)\n"
+        "assert 'test_small' in s['test'], s\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_bench_cli_writes_report(small, tmp_path):
+    d, overrides = small
+    out = tmp_path / "bench.json"
+    args = [sys.executable, "-m", "mt_cli", "bench", "-c", str(TINY), "--steps", "3", "--device", "cpu",
+            "--split", "test_small", "--out", str(out)]
+    for o in overrides:
+        args += ["--set", o]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["training"]["steps"] == 3 and rep["training"]["tgt_tokens_per_s"] > 0
+    assert rep["training"]["tokens_per_s"] > rep["training"]["tgt_tokens_per_s"]  # source + target
+    assert set(rep["translation"]) == {"beam1", "beam5"}
+    assert rep["translation"]["beam5"]["sentences"] == 30
+    assert rep["device"].startswith("cpu") and rep["torch"] == torch.__version__
