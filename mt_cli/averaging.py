@@ -5,20 +5,20 @@ from pathlib import Path
 
 import torch
 
-from mt_cli.checkpoint import load_checkpoint, save_checkpoint, save_state
+from mt_cli.checkpoint import load_checkpoint, save_state
 
 
 def epoch_checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("epoch_*.pt"))
 
 
-def keep_epoch_checkpoint(folder: Path, epoch: int, cfg, **save_kw) -> None:
-    """Save this epoch's weights when they may be needed (averaging, keep_last > 1); prune older ones.
+def keep_epoch_checkpoint(folder: Path, epoch: int, cfg, state: dict) -> None:
+    """Save this epoch's checkpoint `state` when it may be needed (averaging, keep_last > 1); prune older ones.
     keep_last N >= 2 keeps epoch_*.pt of the last N epochs (besides best.pt and last.pt); 1 keeps none."""
     keep = max(cfg.train.average_last, cfg.train.keep_last if cfg.train.keep_last > 1 else 0)
     if keep <= 0:
         return
-    save_checkpoint(folder / f"epoch_{epoch:04d}.pt", cfg=cfg, epoch=epoch, **save_kw)
+    save_state(folder / f"epoch_{epoch:04d}.pt", state)
     for old in epoch_checkpoints(folder)[:-keep]:
         old.unlink(missing_ok=True)
 

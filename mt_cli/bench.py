@@ -9,13 +9,13 @@ import torch
 from mt_cli import __version__
 from mt_cli.config import Config
 from mt_cli.data.batching import batch_plan, iterate
+from mt_cli.data.prepare import load_corpus
 from mt_cli.data.vocab import PAD
 from mt_cli.distributed import device_name
 from mt_cli.evaluate import decode_split, load_eval_split
 from mt_cli.model import build_model
 from mt_cli.schedule import LRSchedule
-from mt_cli.steps import Stepper, resolve_precision
-from mt_cli.train import load_corpus
+from mt_cli.steps import Stepper, build_optimizer, resolve_precision
 
 
 def _sync(dev) -> None:
@@ -30,13 +30,11 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
     train_split.to(dev)
     model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev)
     amp = resolve_precision(cfg.train.precision, dev)
-    fused = dev.type == "cuda"
     params = list(model.parameters())
-    opt = torch.optim.Adam(params, lr=torch.tensor(cfg.train.lr, device=dev) if fused else cfg.train.lr,
-                           betas=cfg.train.betas, eps=cfg.train.eps, fused=fused or None, capturable=fused)
+    opt = build_optimizer(params, cfg.train, dev)
     schedule = LRSchedule(opt, cfg.train)
     net = torch.compile(model) if cfg.train.compile else model
-    use_graphs = cfg.train.cuda_graphs and fused and not cfg.train.compile
+    use_graphs = cfg.train.cuda_graphs and dev.type == "cuda" and not cfg.train.compile
     stepper = Stepper(net, opt, params, device=dev, amp_dtype=amp, clip=cfg.train.clip,
                       label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, log=log)
     plan = batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,

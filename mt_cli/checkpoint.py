@@ -28,17 +28,24 @@ def save_state(path: str | Path, state: dict) -> None:
         torch.save(state, f)
 
 
-def save_checkpoint(path: Path, *, model, cfg: Config, codecs: dict, epoch: int, step: int,
-                    metrics: dict | None = None, train_state: dict | None = None) -> None:
+def checkpoint_state(*, weights: dict, cfg: Config, codecs: dict, epoch: int, step: int,
+                     metrics: dict | None = None, train_state: dict | None = None) -> dict:
+    """What a checkpoint file holds; `weights` is a model's state dict."""
     state = {
         "format": FORMAT, "version": __version__, "config": cfg.to_dict(),
         "codecs": {side: c.state() for side, c in codecs.items()},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "epoch": epoch, "step": step, "metrics": metrics or {},
+        "model": weights, "epoch": epoch, "step": step, "metrics": metrics or {},
     }
     if train_state is not None:
         state["train_state"] = train_state
-    save_state(path, state)
+    return state
+
+
+def save_checkpoint(path: Path, *, model, cfg: Config, codecs: dict, epoch: int, step: int,
+                    metrics: dict | None = None, train_state: dict | None = None) -> None:
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_state(path, checkpoint_state(weights=weights, cfg=cfg, codecs=codecs, epoch=epoch, step=step,
+                                      metrics=metrics, train_state=train_state))
 
 
 def _first_line(e: BaseException, default: str = "") -> str:

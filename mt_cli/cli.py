@@ -35,7 +35,7 @@ def _load(config: str, overrides: Optional[List[str]]):
 
 
 def _device(name: str):
-    from mt_cli.train import resolve_device
+    from mt_cli.distributed import resolve_device
 
     return resolve_device(name)
 
@@ -198,9 +198,9 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     from mt_cli.atomic import write_json
     from mt_cli.bench import bench_training, bench_translation, environment
     from mt_cli.checkpoint import load_for_inference
+    from mt_cli.data.prepare import load_corpus
     from mt_cli.data.vocab import PAD
     from mt_cli.model import build_model
-    from mt_cli.train import load_corpus
 
     cfg = _load(config, set_)
     dev = _device(device)

@@ -35,6 +35,19 @@ def world() -> int:
     return dist.get_world_size() if active() else 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N`; asking for CUDA without a GPU is a usage error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
+    return dev
+
+
 def device_for_rank(device: torch.device) -> torch.device:
     if device.type == "cuda" and active():
         local = int(os.environ.get("LOCAL_RANK", "0"))

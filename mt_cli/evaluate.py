@@ -1,4 +1,5 @@
-"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF) and evaluation reports."""
+"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF), evaluation reports, and the
+validation loss."""
 from __future__ import annotations
 
 import time
@@ -7,12 +8,14 @@ from pathlib import Path
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
+from mt_cli import distributed as D
 from mt_cli.atomic import write_json, write_text
 from mt_cli.config import Config
-from mt_cli.data.batching import Split
+from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.decode import translate_ids
+from mt_cli.steps import autocast, loss_sum
 
 
 def score(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
@@ -23,6 +26,23 @@ def score(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
     c = chrf.corpus_score(hyps, [refs])
     return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(bleu.get_signature()),
             "chrf_signature": str(chrf.get_signature()), "sentences": len(hyps)}
+
+
+@torch.no_grad()
+def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> float:
+    """Token-level cross-entropy (no label smoothing) on the validation split; with several processes,
+    each scores a disjoint share (no wrap-around, so no sentence counts twice) and the sums are reduced.
+    `model` is the plain module, never the DDP wrapper: shares may differ in length by one batch."""
+    model.eval()
+    total = torch.zeros(2, device=device)
+    plan = batch_plan(split, None, cfg.train.max_tokens or 4096, shuffle=False, fill=False)[D.rank()::D.world()]
+    for b in iterate(split, plan, device):
+        with autocast(device, amp_dtype):
+            loss, n = loss_sum(model, b.src, b.tgt_in, b.tgt_out, 0.0)
+        total += torch.stack([loss.float(), n.float()])
+    model.train()
+    total = D.all_reduce_sum(total)
+    return (total[0] / total[1].clamp(min=1)).item()
 
 
 def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str]]:

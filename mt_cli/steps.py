@@ -41,6 +41,14 @@ def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
     return loss, (tgt_out != PAD).sum()
 
 
+def build_optimizer(params, tcfg, device: torch.device) -> torch.optim.Adam:
+    """Adam as the steps need it: fused and capturable on a GPU, with a tensor lr that CUDA graphs can read."""
+    fused = device.type == "cuda"
+    lr = torch.tensor(tcfg.lr, device=device) if fused else tcfg.lr
+    return torch.optim.Adam(params, lr=lr, betas=tcfg.betas, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
+                            fused=fused or None, capturable=fused)
+
+
 class Stepper:
     """Runs training steps: forward, backward, clip, finite check, Adam, accumulate."""
 
@@ -167,6 +175,3 @@ class Stepper:
         self.acc[SKIPPED] = 0
         self.acc[STEPS] = 0
         return vals
-
-    def bad_run(self) -> int:
-        return int(self.acc[BAD_RUN].item())

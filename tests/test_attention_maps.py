@@ -97,8 +97,7 @@ def test_options_and_errors():
 def checkpoint(tmp_path_factory, real_lines):
     """An untrained tiny model saved as a checkpoint, over a prepared slice of Multi30k de-en."""
     from mt_cli.checkpoint import save_checkpoint
-    from mt_cli.data.prepare import prepare_corpus
-    from mt_cli.train import load_corpus
+    from mt_cli.data.prepare import load_corpus, prepare_corpus
 
     base = tmp_path_factory.mktemp("attn")
     de, en = real_lines("train", "de")[:150], real_lines("train", "en")[:150]

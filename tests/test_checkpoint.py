@@ -38,7 +38,7 @@ class _RunsCode:
 @pytest.fixture
 def tiny(tmp_path):
     """A real mt_cli checkpoint with a training state (weights, optimizer, RNG), written by save_checkpoint."""
-    from mt_cli.train import _rng_state
+    from mt_cli.runstate import rng_state
 
     cfg = Config(name="ck", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32))
     codecs = {side: SideCodec("spacy", lang, True, Vocab(["ein", "hund", "a", "dog"]))
@@ -49,7 +49,7 @@ def tiny(tmp_path):
     model(torch.randint(4, 8, (2, 5)), torch.randint(4, 8, (2, 5))).sum().backward()
     opt.step()
     random.seed(1)
-    ts = {"optimizer": opt.state_dict(), "ranks": [{"rng": _rng_state(torch.device("cpu")), "acc": torch.zeros(5)}],
+    ts = {"optimizer": opt.state_dict(), "ranks": [{"rng": rng_state(torch.device("cpu")), "acc": torch.zeros(5)}],
           "progress": {"epoch": 2, "position": 7, "best": 3.5, "bad_epochs": 1}}
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, model=model, cfg=cfg, codecs=codecs, epoch=2, step=30, metrics={"val_loss": 3.5},
@@ -141,7 +141,7 @@ def test_cli_refuses_unsafe_and_damaged_checkpoints_with_one_line(tiny, tmp_path
 
 
 def test_plain_resume_picks_the_newest_run_of_the_config_and_explains_when_there_is_none(tmp_path):
-    from mt_cli.train import find_last
+    from mt_cli.runstate import find_last
 
     with pytest.raises(CheckpointError, match="no run named 'tiny' to resume"):
         find_last(tmp_path, "tiny")
@@ -153,14 +153,14 @@ def test_plain_resume_picks_the_newest_run_of_the_config_and_explains_when_there
 
 
 def test_resume_refuses_a_different_config_but_allows_more_epochs(tiny, tmp_path):
-    from mt_cli.train import _config_changes
+    from mt_cli.runstate import config_changes
 
     ck = load_checkpoint(tiny[0])
     new = Config(name="other", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32))
     new.train.epochs = 99
     new.train.save_every = 10
-    allowed, refused = _config_changes(ck["config"], new.to_dict())
+    allowed, refused = config_changes(ck["config"], new.to_dict())
     assert allowed == ["name", "train.epochs", "train.save_every"] and refused == []
     new.model.d_ff = 64
     new.train.lr = 1.0
-    assert _config_changes(ck["config"], new.to_dict())[1] == ["model.d_ff", "train.lr"]
+    assert config_changes(ck["config"], new.to_dict())[1] == ["model.d_ff", "train.lr"]

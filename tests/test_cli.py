@@ -140,7 +140,7 @@ def test_train_writes_what_it_claims(run):
 
 def test_second_run_gets_its_own_folders(run):
     """A new run of the same config never overwrites the first (checked without training: the folders exist)."""
-    from mt_cli.train import run_folders
+    from mt_cli.runstate import run_folders
 
     saved, result = run_folders(run["cfg"], str(run["tmp"] / "saved"), str(run["tmp"] / "result"), resume=False)
     assert saved.name == result.name == "tiny-2"

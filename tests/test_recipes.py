@@ -106,3 +106,50 @@ def test_bench_cli_writes_report(small, tmp_path):
     assert set(rep["translation"]) == {"beam1", "beam5"}
     assert rep["translation"]["beam5"]["sentences"] == 30
     assert rep["device"].startswith("cpu") and rep["torch"] == torch.__version__
+
+
+def test_label_smoothed_loss_ignores_target_padding():
+    from mt_cli.data.vocab import PAD
+    from mt_cli.steps import loss_sum
+
+    from conftest import random_ids, small_model
+
+    model = small_model()
+    g = torch.Generator().manual_seed(5)
+    src, tgt_in, tgt_out = random_ids(2, 5, 50, g), random_ids(2, 4, 60, g), random_ids(2, 4, 60, g)
+    tgt_out[1, 2:] = PAD
+    eps = 0.1
+    with torch.no_grad():
+        got, n = loss_sum(model, src, tgt_in, tgt_out, eps)
+        logp = torch.log_softmax(model(src, tgt_in).float(), -1)
+    real = tgt_out != PAD
+    nll = -logp.gather(-1, tgt_out[..., None]).squeeze(-1)
+    smooth = -logp.mean(-1)  # uniform over the whole vocabulary, as torch defines it
+    want = ((1 - eps) * nll + eps * smooth)[real].sum()
+    assert int(n) == int(real.sum()) == 6
+    torch.testing.assert_close(got, want)
+
+
+def test_average_command_writes_the_mean_checkpoint(small, tmp_path):
+    from mt_cli.checkpoint import load_checkpoint
+
+    _, s = _train(small, "train.epochs=2", "train.keep_last=2", "train.val_bleu=false", tmp=tmp_path)
+    saved = tmp_path / "saved" / s["run"]
+    eps = sorted(saved.glob("epoch_*.pt"))
+    out = tmp_path / "avg.pt"
+    r = subprocess.run([sys.executable, "-m", "mt_cli", "average", *map(str, eps), "-o", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = (load_checkpoint(p)["model"] for p in eps)
+    key = "decoder.0.ffn.3.weight"
+    torch.testing.assert_close(load_checkpoint(out)["model"][key], (a[key] + b[key]) / 2)
+
+
+def test_compiled_training_matches_eager(small, tmp_path):
+    # torch.compile fuses kernels (the option for GPUs without CUDA graphs); same seed, same loss
+    losses = []
+    for compile_ in ("false", "true"):
+        _, s = _train(small, "train.max_steps=3", f"train.compile={compile_}", "train.val_bleu=false",
+                      tmp=tmp_path / compile_)
+        losses.append(_metrics(s)[0]["train_loss"])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)

@@ -1,4 +1,4 @@
-"""`mt prepare`: raw parallel text → tokenized, numericalized corpus under data/<name>/."""
+"""`mt prepare`: raw parallel text → tokenized, numericalized corpus under data/<name>/; and loading it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ import torch
 
 from mt_cli import __version__
 from mt_cli.atomic import write_json, write_text
-from mt_cli.config import DataConfig
+from mt_cli.config import Config, DataConfig
+from mt_cli.data.batching import Split
 from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_splits, read_parallel,
                                  read_split_files, sha256_of, split_files)
 from mt_cli.data.tokenize import SideCodec, normalize
@@ -175,3 +176,14 @@ def load_manifest(folder: Path) -> dict:
     if not m.is_file():
         raise DataError(f"{folder}: no prepared corpus; run `mt prepare --config <your config>` first")
     return json.loads(m.read_text(encoding="utf-8"))
+
+
+def load_corpus(cfg: Config, bucket_width: int):
+    """The prepared corpus of `cfg`: (codecs, train split, valid split, manifest)."""
+    folder = corpus_dir(cfg.data)
+    man = load_manifest(folder)
+    if man.get("fingerprint") != cfg.data.fingerprint():
+        raise DataError(f"{folder}: prepared with another data config; run `mt prepare --config <this config>`")
+    codec_state = torch.load(folder / "codecs.pt", map_location="cpu", weights_only=True)
+    codecs = {side: SideCodec.from_state(codec_state[side]) for side in ("src", "tgt")}
+    return codecs, Split(folder / "train.pt", bucket_width), Split(folder / "valid.pt", bucket_width), man
