@@ -25,7 +25,9 @@ def make_corpus(folder: Path, n_train: int = 240, n_eval: int = 40) -> Path:
     """Slice the real Multi30k de-en files into TSVs, write a tiny-model config for them, prepare the
     corpus; returns the config path. Training on it: 22 batches per epoch, ~20 ms per step on one core."""
     if not (MULTI30K / "train.de.gz").is_file():
-        pytest.skip(f"Multi30k raw files not found in {MULTI30K}")
+        from conftest import missing_multi30k
+
+        missing_multi30k()
     from mt_cli.config import load_config
     from mt_cli.data.prepare import prepare_corpus
 
