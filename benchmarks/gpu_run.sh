@@ -4,8 +4,8 @@
 #   2. `mt bench` on the peer-sized config (CUDA graphs, then eager for comparison) and on the default
 #   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU
 #   4. recipe variants of the default config while time is left
-# Needs: prepared corpora in data/ (mt prepare here; spaCy is not needed for training), and for the
-# peer .gpu/{peers/joeynmt,whl,data/multi30k}. Writes $OUT/{summary.txt,results.tar.gz}.
+# Needs: what benchmarks/prepare_gpu_payload.sh builds (prepared corpora in data/, spaCy is not needed
+# for training; for the peer .gpu/{peers/joeynmt,whl,data/multi30k}). Writes $OUT/{summary.txt,results.tar.gz}.
 # DRY=1 runs every stage for a few steps on the CPU to check the script itself.
 set -u
 OUT="${OUT:-/tmp/gpu_out}"
@@ -55,6 +55,8 @@ if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then
     TRAIN_WALL=90 RESERVE=70 EPOCHS=6 MB_TIMEOUT=45 TEST_TIMEOUT=60 \
     timeout -s KILL 290 bash .gpu/peers/joeynmt/run.sh > "$RUNS/logs/peer.log" 2>&1
   say "peer rc=$?"; tail -30 "$RUNS/peer/summary.md" 2>/dev/null
+elif [ "${DRY:-0}" != "1" ]; then
+  say "peer harness SKIPPED: .gpu/peers/joeynmt is missing (run benchmarks/prepare_gpu_payload.sh and carry .gpu)"
 fi
 
 # ---- 4. variants of the default recipe, side by side on the GPU while time is left (their BLEU
