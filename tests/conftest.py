@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,3 +79,17 @@ def small_model(src_vocab: int = 50, tgt_vocab: int = 60, seed: int = 0, **overr
 def random_ids(batch: int, length: int, vocab: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random non-special token ids (specials are 0..3)."""
     return torch.randint(4, vocab, (batch, length), generator=generator)
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """`mt ARGS` in this process (the same main() as the console script): (exit code, stdout, stderr)."""
+    from mt_cli.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mt", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err

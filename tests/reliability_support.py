@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 MULTI30K = Path(__file__).resolve().parents[2] / "shared/data/multi30k"

@@ -2,7 +2,6 @@
 --attention` and `mt evaluate --attention --limit`, and decoding that computes no weights unless asked."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,8 @@ from mt_cli.config import ModelConfig, config_from_dict
 from mt_cli.data.vocab import PAD
 from mt_cli.model import build_model
 from mt_cli.model.attention import SCORINGS, MultiHeadAttention
+
+from conftest import run_main
 
 
 def tiny_model(scoring: str = "scaled_dot", layers: int = 2, heads: int = 4, src_vocab: int = 40, tgt_vocab: int = 50,
@@ -132,19 +133,6 @@ def test_png_size_and_token_labels(checkpoint, tmp_path):
         for path, (_, s, h) in zip(paths, items):
             w_in, h_in = figure_size(len(s) + 1, len(h) + 1, rows, cols)
             assert imread(path).shape[:2] == (round(h_in * DPI), round(w_in * DPI)), path
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from mt_cli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["mt", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_translate_attention(checkpoint, tmp_path, monkeypatch, capsys):

@@ -16,6 +16,8 @@ from mt_cli.plots import CURVES_DPI, CURVES_SIZE, EpochReport, plot_runs, read_m
 REPO = Path(__file__).resolve().parents[1]
 CURVES_PX = (round(CURVES_SIZE[1] * CURVES_DPI), round(CURVES_SIZE[0] * CURVES_DPI))  # (height, width)
 
+from conftest import run_main
+
 
 def _has_tensorboard() -> bool:
     try:
@@ -144,20 +146,6 @@ def test_mt_plot_compares_runs(trained, tmp_path, monkeypatch, capsys):
     (root / "a" / "curves.png").unlink()
     assert plot_runs(["a"], result_root=root) == root / "a" / "curves.png"
     assert _png_shape(root / "a" / "curves.png") == CURVES_PX
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    """`mt ARGS` in this process (the same main() as the console script): (exit code, stdout, stderr)."""
-    from mt_cli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["mt", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_mt_plot_errors_are_one_line(tmp_path, monkeypatch, capsys):

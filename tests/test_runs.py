@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
 from mt_cli.config import config_from_dict
 from mt_cli.runs import differing_keys, find_runs, flatten, format_runs, runs_report
+
+from conftest import run_main
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +51,6 @@ def test_report_lists_the_differing_key_and_scores(two_runs):
     assert table[0].split() == ["run", "train.lr", "epochs", "best", "val", "BLEU", "best", "val", "loss",
                                 "test_dev", "BLEU"]
     assert table[2].split()[:3] == ["exp", "0.001", "1"] and table[3].split()[:3] == ["exp-2", "0.002", "1"]
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    from mt_cli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["mt", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_mt_runs_cli(two_runs, monkeypatch, capsys, tmp_path):
