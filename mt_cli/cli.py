@@ -71,7 +71,7 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     """Train a Transformer; keeps best/last checkpoints, logs metrics per epoch, tests at the end.
 
     Ctrl-C or SIGTERM saves last.pt at the next step and prints the command that continues the run.
-    Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see docs/reliability.md)."""
+    Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see the README, Reliability)."""
     from mt_cli.evaluate import format_table
     from mt_cli.train import train as run
 

@@ -1,6 +1,6 @@
 """`mt train`: the training loop (validation with real decoding, checkpoints, logs, final test).
 
-Reliability (see docs/reliability.md): last.pt holds everything needed to continue a run exactly
+Reliability (README, section "Reliability"): last.pt holds everything needed to continue a run exactly
 (model, optimizer, LR schedule, grad scaler, progress, best metric, early-stopping counter, every
 rank's RNG states and loss accumulators, the position in the epoch's batch order); it is written
 atomically at epoch ends, every train.save_every steps, and when SIGINT/SIGTERM stops the run.
