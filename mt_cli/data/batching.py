@@ -41,17 +41,13 @@ class Split:
         self.src = torch.full((self.n + 1, width), PAD, dtype=torch.int64)
         self.tgt = torch.full((self.n + 1, width + 1), PAD, dtype=torch.int64)
         self.src[self.n, 0] = EOS               # filler rows attend to one token, never to nothing
-        s_flat, t_flat = d["src"].long(), d["tgt"].long()
-        for i in range(self.n):
-            a, b = int(d["src_off"][i]), int(d["src_off"][i + 1])
-            self.src[i, : b - a] = s_flat[a:b]
-            self.src[i, b - a] = EOS
-            a, b = int(d["tgt_off"][i]), int(d["tgt_off"][i + 1])
-            self.tgt[i, 0] = BOS
-            self.tgt[i, 1: b - a + 1] = t_flat[a:b]
-            self.tgt[i, b - a + 1] = EOS
-        self.bucket = torch.tensor([self._round(int(max(s, t))) for s, t in zip(self.src_len, self.tgt_len)],
-                                   dtype=torch.int64)
+        _scatter_rows(self.src, d["src"].long(), src_lens, first=0)
+        self.src[torch.arange(self.n), src_lens] = EOS
+        self.tgt[: self.n, 0] = BOS
+        _scatter_rows(self.tgt, d["tgt"].long(), tgt_lens, first=1)
+        self.tgt[torch.arange(self.n), tgt_lens + 1] = EOS
+        w = bucket_width
+        self.bucket = (torch.maximum(self.src_len, self.tgt_len) + w - 1).div(w, rounding_mode="floor").clamp(min=1) * w
 
     def _round(self, n: int) -> int:
         w = self.bucket_width
@@ -68,6 +64,15 @@ class Split:
         """Source ids of sentences `idx`, trimmed to their longest."""
         L = int(self.src_len[idx].max()) if len(idx) else 1
         return self.src[idx.to(self.src.device), :L]
+
+
+def _scatter_rows(matrix: torch.Tensor, flat: torch.Tensor, lens: torch.Tensor, first: int) -> None:
+    """Write the concatenated sequences `flat` (lengths `lens`) into rows 0..n-1 of `matrix`,
+    starting at column `first`, in one indexing operation."""
+    rows = torch.repeat_interleave(torch.arange(len(lens)), lens)
+    starts = torch.cumsum(lens, 0) - lens
+    cols = torch.arange(len(flat)) - torch.repeat_interleave(starts, lens) + first
+    matrix[rows, cols] = flat
 
 
 def batch_plan(split: Split, batch_sentences: int | None, max_tokens: int | None, *, shuffle: bool,
