@@ -394,3 +394,11 @@ def test_split_missing_or_damaged_is_a_data_error(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a tensor file")
     with pytest.raises(DataError, match="unreadable prepared split"):
         Split(tmp_path / "bad.pt")
+
+
+def test_unknown_spacy_language_is_a_clear_data_error():
+    from mt_cli.data.sources import DataError
+    from mt_cli.data.tokenize import spacy_tokenizer
+
+    with pytest.raises(DataError, match="no tokenizer for language 'zz'.*sentencepiece"):
+        spacy_tokenizer("zz")

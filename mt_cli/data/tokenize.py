@@ -26,7 +26,14 @@ def spacy_tokenizer(lang: str):
     try:
         return spacy.load(_TRAINED[lang], exclude=["parser", "ner", "tagger", "lemmatizer"]).tokenizer
     except (OSError, KeyError, ImportError):
+        pass
+    try:
         return spacy.blank(lang).tokenizer
+    except ImportError:  # spaCy has no language module for this code
+        from mt_cli.data.sources import DataError
+
+        raise DataError(f"spaCy has no tokenizer for language {lang!r}; use an ISO code spaCy knows, "
+                        "or data.tokenizer: sentencepiece") from None
 
 
 def detokenize(tokens: list[str]) -> str:
