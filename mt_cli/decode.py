@@ -29,13 +29,15 @@ def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: i
     """Argmax decoding; returns token ids without <bos>/<eos>."""
     n = src.size(0)
     limit = _max_lengths(src, max_len_a, max_len_b)
-    steps = int(limit.max())
+    steps, first_limit = int(limit.max()), int(limit.min()) - 1
     state = model.start_state(src, max_steps=steps)
     last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
     out = torch.full((n, steps), PAD, dtype=torch.long, device=src.device)
     done = torch.zeros(n, dtype=torch.bool, device=src.device)
     for t in range(steps):
-        logp = _force_eos(model.step(last, state), limit - 1 <= t)
+        logp = model.step(last, state)
+        if t >= first_limit:  # before that no sentence is at its limit: skip a (batch, vocab) pass
+            logp = _force_eos(logp, limit - 1 <= t)
         last = logp.argmax(-1).masked_fill(done, PAD)
         out[:, t] = last
         done |= last == EOS
@@ -61,7 +63,7 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     Returns, per sentence, the n best (token ids, length-normalized log-probability)."""
     B, K, dev = src.size(0), beam_size, src.device
     limit = _max_lengths(src, max_len_a, max_len_b)
-    T = int(limit.max())
+    T, first_limit = int(limit.max()), int(limit.min()) - 1
     state = model.start_state(src, expand=K, max_steps=T)
     scores = torch.full((B, K), NEG_INF, device=dev)
     scores[:, 0] = 0.0  # one live hypothesis per sentence at the start: no duplicate beams
@@ -74,11 +76,12 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     row_base = torch.arange(B, device=dev)[:, None] * K
     for t in range(T):
         logp = model.step(last, state).view(B, K, -1)
-        logp = _force_eos(logp, (limit - 1 <= t)[:, None].expand(B, K))
+        if t >= first_limit:
+            logp = _force_eos(logp, (limit - 1 <= t)[:, None].expand(B, K))
         V = logp.size(-1)
         cand_s, cand_i = (scores[..., None] + logp).view(B, K * V).topk(2 * K, dim=1)  # (B, 2K)
         cand_beam, cand_tok = cand_i // V, cand_i % V
-        cand_hist = hist.gather(1, cand_beam[..., None].expand(B, 2 * K, T)).clone()
+        cand_hist = hist.gather(1, cand_beam[..., None].expand(B, 2 * K, T))  # a new tensor: safe to write
         cand_hist[:, :, t] = cand_tok
         # hypotheses ending in <eos> among the top K candidates are final (while slots remain)
         is_eos = cand_tok == EOS
