@@ -17,34 +17,27 @@ CELL = 0.3          # inches per token
 MAX_LABEL = 18      # characters of a token label
 
 
-def parse_layer(text: str | int | None) -> str | int:
-    """'last' (default), 'all', or a 1-based layer number."""
-    if text is None or text == "last":
-        return "last"
-    if text == "all":
-        return "all"
+def _parse_choice(text: str | int | None, default: str, option: str, noun: str) -> str | int:
+    """`default`, 'all', or a 1-based number of a layer or head."""
+    if text is None or text in (default, "all"):
+        return text or default
     try:
         n = int(text)
     except (TypeError, ValueError):
-        raise ValueError(f"--attention-layer {text}: use a layer number (1 = first), 'last' or 'all'") from None
+        raise ValueError(f"{option} {text}: use '{default}', 'all' or a {noun} number (1 = first)") from None
     if n < 1:
-        raise ValueError(f"--attention-layer {text}: layers are numbered from 1")
+        raise ValueError(f"{option} {text}: {noun}s are numbered from 1")
     return n
+
+
+def parse_layer(text: str | int | None) -> str | int:
+    """'last' (default), 'all', or a 1-based layer number."""
+    return _parse_choice(text, "last", "--attention-layer", "layer")
 
 
 def parse_heads(text: str | int | None) -> str | int:
     """'mean' (default: averaged over heads), 'all' (one panel per head), or a 1-based head number."""
-    if text is None or text == "mean":
-        return "mean"
-    if text == "all":
-        return "all"
-    try:
-        n = int(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"--attention-heads {text}: use 'mean', 'all' or a head number (1 = first)") from None
-    if n < 1:
-        raise ValueError(f"--attention-heads {text}: heads are numbered from 1")
-    return n
+    return _parse_choice(text, "mean", "--attention-heads", "head")
 
 
 def check_selection(model, layer: str | int, heads: str | int) -> None:

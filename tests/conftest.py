@@ -93,3 +93,9 @@ def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
         code = e.code or 0
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+def write_tsv(path: Path, src: list[str], tgt: list[str]) -> Path:
+    """A two-column parallel TSV file (the `files` corpus format)."""
+    path.write_text("".join(f"{a}\t{b}\n" for a, b in zip(src, tgt)), encoding="utf-8")
+    return path

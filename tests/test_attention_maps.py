@@ -16,7 +16,7 @@ from mt_cli.data.vocab import PAD
 from mt_cli.model import build_model
 from mt_cli.model.attention import SCORINGS, MultiHeadAttention
 
-from conftest import run_main
+from conftest import run_main, write_tsv
 
 
 def tiny_model(scoring: str = "scaled_dot", layers: int = 2, heads: int = 4, src_vocab: int = 40, tgt_vocab: int = 50,
@@ -102,9 +102,9 @@ def checkpoint(tmp_path_factory, real_lines):
 
     base = tmp_path_factory.mktemp("attn")
     de, en = real_lines("train", "de")[:150], real_lines("train", "en")[:150]
-    (base / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de, en)), encoding="utf-8")
+    write_tsv(base / "train.tsv", de, en)
     vde, ven = real_lines("val", "de")[:12], real_lines("val", "en")[:12]
-    (base / "test_small.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(vde, ven)), encoding="utf-8")
+    write_tsv(base / "test_small.tsv", vde, ven)
     cfg = config_from_dict({
         "name": "attn", "data": {"corpus": "files", "train": str(base / "train.tsv"),
                                  "valid": str(base / "test_small.tsv"), "test": [str(base / "test_small.tsv")],

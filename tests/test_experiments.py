@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *_: None)
 TINY_MODEL = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64}
 
+from conftest import write_tsv
+
 
 # --- any Multi30k pair and direction -------------------------------------------------------------
 
@@ -69,7 +71,7 @@ def test_fr_en_prepare_and_train(multi30k_dir, tmp_path):
 @pytest.fixture
 def user_files(real_lines, tmp_path):
     de, en = real_lines("train", "de")[:200], real_lines("train", "en")[:200]
-    (tmp_path / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de, en)), encoding="utf-8")
+    write_tsv(tmp_path / "train.tsv", de, en)
     vde, ven = real_lines("val", "de")[:30], real_lines("val", "en")[:30]
     (tmp_path / "dev.de").write_text("\n".join(vde) + "\n", encoding="utf-8")
     (tmp_path / "dev.en").write_text("\n".join(ven) + "\n", encoding="utf-8")
@@ -180,7 +182,7 @@ def test_variant_trains(attention, positional):
 
 def test_set_overrides_are_recorded(real_lines, tmp_path, monkeypatch, capsys):
     de, en = real_lines("train", "de")[:100], real_lines("train", "en")[:100]
-    (tmp_path / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de, en)), encoding="utf-8")
+    write_tsv(tmp_path / "train.tsv", de, en)
     cfg = {"name": "cli", "data": {"corpus": "files", "train": "train.tsv", "valid": "train.tsv", "root": "data",
                                    "min_freq": 1},
            "model": TINY_MODEL, "train": {"epochs": 1, "max_tokens": 512, "val_bleu": False},

@@ -13,7 +13,7 @@ import torch
 from mt_cli.config import load_config
 from mt_cli.data.prepare import prepare_corpus
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def small(tmp_path_factory, real_lines):
     d = tmp_path_factory.mktemp("small")
     for name, split, a, b in (("train", "train", 0, 400), ("valid", "val", 0, 40), ("test_small", "test_2016_flickr", 0, 30)):
         src, tgt = real_lines(split, "de")[a:b], real_lines(split, "en")[a:b]
-        (d / f"{name}.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)), encoding="utf-8")
+        write_tsv(d / f"{name}.tsv", src, tgt)
     overrides = [f"data.root={d / 'data'}", "data.corpus=files", f"data.train={d / 'train.tsv'}",
                  f"data.valid={d / 'valid.tsv'}", f"data.test=[{d / 'test_small.tsv'}]", "data.tokenizer=sentencepiece",
                  "data.sp_vocab_size=400", "train.max_tokens=1024", "decode.max_len_a=0", "decode.max_len_b=8"]

@@ -8,7 +8,7 @@ import pytest
 from mt_cli.config import config_from_dict
 from mt_cli.runs import differing_keys, find_runs, flatten, format_runs, runs_report
 
-from conftest import run_main
+from conftest import run_main, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def two_runs(tmp_path_factory, real_lines):
 
     base = tmp_path_factory.mktemp("runs")
     de, en = real_lines("train", "de")[:120], real_lines("train", "en")[:120]
-    (base / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de, en)), encoding="utf-8")
+    write_tsv(base / "train.tsv", de, en)
     vde, ven = real_lines("val", "de")[:12], real_lines("val", "en")[:12]
     (base / "dev.de").write_text("\n".join(vde) + "\n", encoding="utf-8")
     (base / "dev.en").write_text("\n".join(ven) + "\n", encoding="utf-8")
