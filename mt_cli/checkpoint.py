@@ -33,6 +33,9 @@ def checkpoint_state(*, weights: dict, cfg: Config, codecs: dict, epoch: int, st
     """What a checkpoint file holds; `weights` is a model's state dict."""
     state = {
         "format": FORMAT, "version": __version__, "config": cfg.to_dict(),
+        # data.root is kept as written (often relative); the absolute path lets `mt evaluate` find the
+        # corpus when run from another folder.
+        "data_root_abs": str(Path(cfg.data.root).resolve()),
         "codecs": {side: c.state() for side, c in codecs.items()},
         "model": weights, "epoch": epoch, "step": step, "metrics": metrics or {},
     }
@@ -97,10 +100,18 @@ def load_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def _find_data_root(cfg: Config, recorded: str | None) -> None:
+    """Use the absolute corpus folder recorded at training time when data.root means nothing from here."""
+    if recorded and not (Path(cfg.data.root) / cfg.data.corpus_name).is_dir() \
+            and (Path(recorded) / cfg.data.corpus_name).is_dir():
+        cfg.data.root = recorded
+
+
 def restore(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, Config, dict]:
     """Rebuild (model, config, codecs) from a loaded checkpoint."""
     try:
         cfg = config_from_dict(ckpt["config"])
+        _find_data_root(cfg, ckpt.get("data_root_abs"))
         codecs = {side: SideCodec.from_state(ckpt["codecs"][side]) for side in ("src", "tgt")}
         from mt_cli.data.vocab import PAD
 

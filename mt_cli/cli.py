@@ -72,10 +72,10 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 
     Ctrl-C or SIGTERM saves last.pt at the next step and prints the command that continues the run.
     Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see the README, Reliability)."""
+    cfg = _load(config, set_)  # before the torch import: a config error should answer at once
     from mt_cli.evaluate import format_table
     from mt_cli.train import train as run
 
-    cfg = _load(config, set_)
     res = resume_from or resume or None
     summary = run(cfg, device=device, resume=res, saved_root=saved, result_root=result, log=_say)
     if summary.get("rank", 0):  # torchrun: rank 0 reports
@@ -195,6 +195,7 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     """Measure training throughput, translation speed (greedy, beam 5) and peak memory."""
     import json
 
+    cfg = _load(config, set_)
     from mt_cli.atomic import write_json
     from mt_cli.bench import bench_training, bench_translation, environment
     from mt_cli.checkpoint import load_for_inference
@@ -202,7 +203,6 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     from mt_cli.data.vocab import PAD
     from mt_cli.model import build_model
 
-    cfg = _load(config, set_)
     dev = _device(device)
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
     report["training"] = bench_training(cfg, dev, steps, log=_say)
@@ -269,19 +269,15 @@ def runs(names: Optional[List[str]] = typer.Argument(None, help="Runs to list [e
 
 def main() -> None:
     """Entry point: known failures become one line on stderr and a non-zero exit, never a traceback."""
+    # ConfigError, DataError and CheckpointError are ValueErrors; not importing their modules here keeps
+    # `mt --help` and config errors free of the torch import (seconds).
     from mt_cli.atomic import OutputError
-    from mt_cli.checkpoint import CheckpointError
-    from mt_cli.config import ConfigError
-    from mt_cli.data.sources import DataError
 
     warnings.filterwarnings("ignore", message=".*capturable.*")
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
-    except (ConfigError, DataError, CheckpointError) as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

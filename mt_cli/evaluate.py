@@ -50,7 +50,8 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
     folder = corpus_dir(cfg.data)
     if not (folder / f"{split}.pt").is_file():
         have = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
-        hint = f"available: {', '.join(have)}" if have else "run `mt prepare` with this config first"
+        hint = f"available: {', '.join(have)}" if have else \
+            "run `mt prepare` with this config first, or point --data-root at the folder holding it"
         raise DataError(f"{folder}: no split {split!r} ({hint})")
     data = Split(folder / f"{split}.pt", cfg.train.bucket_width)
     src = read_lines(folder / f"{split}.{cfg.data.src_lang}")

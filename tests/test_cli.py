@@ -202,6 +202,16 @@ def test_unknown_config_key_exits_2(tmp_path, cli):
     assert "train.foo" in line
 
 
+def test_help_and_config_errors_answer_without_importing_torch(tmp_path):
+    """Importing torch costs seconds; `mt --help` and a typo in a config should not wait for it."""
+    probe = ("import sys\nfrom mt_cli.cli import main\nsys.argv = ['mt'] + sys.argv[1:]\n"
+             "code = 0\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\nprint('torch' in sys.modules, code)\n")
+    for args in (["--help"], ["train", "--help"], ["train", "--config", "missing.yaml"],
+                 ["bench", "--set", "train.lr=abc"]):
+        p = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert p.stdout.split()[-2:] == ["False", "0" if "--help" in args else "2"], (args, p.stdout, p.stderr)
+
+
 def test_bad_config_value_exits_2(tmp_path, cli):
     line = one_line_error(cli("train", "--config", TINY, "--set", "model.n_heads=3", cwd=tmp_path), 2)
     assert "model.n_heads" in line and "tiny.yaml" in line
@@ -246,6 +256,19 @@ def test_unwritable_output_folder_fails_with_one_line(tmp_path, run, cli):
     line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "afile/ev",
                               "--data-root", run["tmp"] / "data", "--device", "cpu", cwd=tmp_path))
     assert "afile" in line
+
+
+def test_evaluate_from_another_folder_finds_the_corpus(tmp_path, run, cli):
+    """data.root is relative ("data"); the checkpoint also records where that was, so no --data-root is needed."""
+    ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
+    p = cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "ev", "--device", "cpu",
+            cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert len(read_lines(tmp_path / "ev" / "test_2017_mscoco.beam1.hyp")) == 461
+    (tmp_path / "data" / run["cfg"].data.corpus_name).mkdir(parents=True)  # a local data/ wins over the record
+    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--device", "cpu",
+                              cwd=tmp_path), 2)
+    assert "test_2017_mscoco" in line and "--data-root" in line
 
 
 def test_missing_input_file_and_split(tmp_path, run, cli):
