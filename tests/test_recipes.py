@@ -105,6 +105,7 @@ def test_bench_cli_writes_report(small, tmp_path):
     assert rep["training"]["tokens_per_s"] > rep["training"]["tgt_tokens_per_s"]  # source + target
     assert set(rep["translation"]) == {"beam1", "beam5"}
     assert rep["translation"]["beam5"]["sentences"] == 30
+    assert 0 < rep["translation"]["beam5"]["cold_longest_batch"]["sentences"] <= 30
     assert rep["device"].startswith("cpu") and rep["torch"] == torch.__version__
 
 
