@@ -201,6 +201,9 @@ class Config:
             _check(self.data.joint_vocab, "model.share_embeddings", "needs data.joint_vocab: true")
         if self.data.joint_vocab:
             _check(self.data.tokenizer == "sentencepiece", "data.joint_vocab", "needs data.tokenizer: sentencepiece")
+        if self.model.positional == "learned":
+            _check(self.model.max_positions >= self.data.max_len + 2, "model.max_positions",
+                   f"learned positions must cover data.max_len + 2 (<bos>/<eos>) = {self.data.max_len + 2}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

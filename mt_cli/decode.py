@@ -11,9 +11,15 @@ from mt_cli.data.vocab import BOS, EOS, PAD
 NEG_INF = float("-inf")
 
 
-def _max_lengths(src: torch.Tensor, a: float, b: int) -> torch.Tensor:
-    """Longest output (tokens incl. <eos>) per sentence: a × source length + b."""
-    return ((src != PAD).sum(1).float() * a + b).long().clamp(min=1)
+def _max_lengths(model, src: torch.Tensor, a: float, b: int) -> torch.Tensor:
+    """Longest output (tokens incl. <eos>) per sentence: a × source length + b, and no longer than the
+    model has positions for (<bos> takes position 0)."""
+    return ((src != PAD).sum(1).float() * a + b).long().clamp(min=1, max=model.max_positions)
+
+
+def _next_logp(model, last: torch.Tensor, state: dict) -> torch.Tensor:
+    """The model's next-token log-probabilities; <pad> and <bos> are never a continuation."""
+    return model.step(last, state).index_fill_(-1, state["never"], NEG_INF)
 
 
 def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
@@ -28,14 +34,14 @@ def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: i
                   check_every: int = 4) -> list[list[int]]:
     """Argmax decoding; returns token ids without <bos>/<eos>."""
     n = src.size(0)
-    limit = _max_lengths(src, max_len_a, max_len_b)
+    limit = _max_lengths(model, src, max_len_a, max_len_b)
     steps, first_limit = int(limit.max()), int(limit.min()) - 1
-    state = model.start_state(src, max_steps=steps)
+    state = _start(model, src, 1, steps)
     last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
     out = torch.full((n, steps), PAD, dtype=torch.long, device=src.device)
     done = torch.zeros(n, dtype=torch.bool, device=src.device)
     for t in range(steps):
-        logp = model.step(last, state)
+        logp = _next_logp(model, last, state)
         if t >= first_limit:  # before that no sentence is at its limit: skip a (batch, vocab) pass
             logp = _force_eos(logp, limit - 1 <= t)
         last = logp.argmax(-1).masked_fill(done, PAD)
@@ -44,6 +50,16 @@ def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: i
         if t % check_every == check_every - 1 and bool(done.all()):  # one sync every few steps
             break
     return [_until_eos(row) for row in out.tolist()]
+
+
+def _start(model, src: torch.Tensor, beams: int, steps: int) -> dict:
+    limit = model.max_positions
+    if limit is not None and src.size(1) > limit:
+        raise ValueError(f"a source sentence of {src.size(1)} tokens is longer than the model's {limit} learned "
+                         f"positions; split it")
+    state = model.start_state(src, expand=beams, max_steps=steps)
+    state["never"] = torch.tensor([PAD, BOS], device=src.device)
+    return state
 
 
 def _until_eos(row: list[int]) -> list[int]:
@@ -62,9 +78,9 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     hypotheses ended in <eos> among the top candidates, so beam 1 is exactly greedy search.
     Returns, per sentence, the n best (token ids, length-normalized log-probability)."""
     B, K, dev = src.size(0), beam_size, src.device
-    limit = _max_lengths(src, max_len_a, max_len_b)
+    limit = _max_lengths(model, src, max_len_a, max_len_b)
     T, first_limit = int(limit.max()), int(limit.min()) - 1
-    state = model.start_state(src, expand=K, max_steps=T)
+    state = _start(model, src, K, T)
     scores = torch.full((B, K), NEG_INF, device=dev)
     scores[:, 0] = 0.0  # one live hypothesis per sentence at the start: no duplicate beams
     hist = torch.full((B, K, T), PAD, dtype=torch.long, device=dev)
@@ -75,7 +91,7 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     first_k = torch.arange(2 * K, device=dev) < K
     row_base = torch.arange(B, device=dev)[:, None] * K
     for t in range(T):
-        logp = model.step(last, state).view(B, K, -1)
+        logp = _next_logp(model, last, state).view(B, K, -1)
         if t >= first_limit:
             logp = _force_eos(logp, (limit - 1 <= t)[:, None].expand(B, K))
         V = logp.size(-1)

@@ -20,9 +20,6 @@ def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, 
     if long:
         warn(f"warning: {len(long)} input line(s) longer than the training max_len={cfg.data.max_len} tokens "
              f"(first: line {long[0]}); translated in full, quality may suffer")
-    limit = model.tgt_embed.pos.num_embeddings if model.tgt_embed.learned else None
-    if limit is not None and any(len(s) + 1 >= limit for s in src_ids):
-        raise ValueError(f"an input line is longer than the model's {limit} learned positions; split it")
     sources = [torch.tensor(ids + [EOS], dtype=torch.long) for ids in src_ids]
     dec = cfg.decode
     if nbest > 1:

@@ -91,6 +91,7 @@ def test_wrong_type(tmp_path, text, key):
     ("data:\n  min_freq: 0\n", "data.min_freq"),
     ("model:\n  share_embeddings: true\n", "model.share_embeddings"),
     ("data:\n  joint_vocab: true\n", "data.joint_vocab"),
+    ("model:\n  positional: learned\n  max_positions: 101\n", "model.max_positions"),  # max_len 100 + 2
 ])
 def test_out_of_range(tmp_path, text, key):
     p = write(tmp_path, text)

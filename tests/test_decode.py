@@ -26,7 +26,7 @@ def model(prepared, sources):
                     d_model=32, n_heads=2, enc_layers=1, dec_layers=1)
     with torch.no_grad():
         m.generator.weight.mul_(8)
-    limits = _max_lengths(sources, 1.5, 10)
+    limits = _max_lengths(m, sources, 1.5, 10)
     best, best_bias = -1, None
     for bias in torch.arange(0.0, 5.0, 0.25).tolist():
         with torch.no_grad():
@@ -69,7 +69,7 @@ def test_beam_of_one_is_greedy_through_translate_ids(model, sources):
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_beam_nbest_sorted_and_scores_are_real(model, sources, alpha):
     K = 4
-    limits = _max_lengths(sources, 1.5, 10)
+    limits = _max_lengths(model, sources, 1.5, 10)
     results = beam_search(model, sources[:8], beam_size=K, alpha=alpha, nbest=K)
     for i, nbest in enumerate(results):
         assert len(nbest) == K
@@ -91,7 +91,7 @@ def test_nbest_one_is_the_top_of_nbest(model, sources):
 
 @pytest.mark.parametrize("a,b", [(0.0, 3), (0.5, 2), (1.5, 10)])
 def test_max_length_is_respected(model, sources, a, b):
-    limits = _max_lengths(sources, a, b).tolist()
+    limits = _max_lengths(model, sources, a, b).tolist()
     assert limits == [max(1, int((int((row != PAD).sum()) * a + b))) for row in sources]
     for hyps in (greedy_search(model, sources, a, b),
                  [r[0][0] for r in beam_search(model, sources, 3, 1.0, a, b)]):
@@ -130,3 +130,28 @@ def test_translate_ids_restores_training_mode(model, sources):
         assert model.training
     finally:
         model.eval()
+
+
+def test_search_never_emits_pad_or_bos(sources, prepared):
+    """A model that prefers <pad> and <bos> above all still decodes into real tokens (and <eos>)."""
+    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), seed=1)
+    with torch.no_grad():
+        m.generator.bias[PAD] = m.generator.bias[BOS] = 50.0
+    outs = [greedy_search(m, sources[:6], 0.0, 6)] + \
+        [[h for h, _ in r] for r in beam_search(m, sources[:6], 3, 1.0, 0.0, 6, nbest=3)]
+    assert all(PAD not in h and BOS not in h and len(h) == 5 for hyps in outs for h in hyps)
+
+
+def test_learned_positions_bound_the_output_length(sources, prepared):
+    """An untrained model with 16 learned positions never stops by itself: outputs end at 16 positions
+    (<bos> + 15 tokens incl. <eos>) instead of indexing past the table; a longer source is a clear error."""
+    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned",
+                    max_positions=16)
+    with torch.no_grad():
+        m.generator.bias[EOS] = -1e4
+    short = sources[:4, :8].clone()
+    short[:, -1] = EOS
+    for hyps in (greedy_search(m, short, 3.0, 10), [r[0][0] for r in beam_search(m, short, 2, 1.0, 3.0, 10)]):
+        assert [len(h) for h in hyps] == [15] * 4
+    with pytest.raises(ValueError, match="17 tokens is longer than the model's 16 learned positions"):
+        greedy_search(m, torch.cat([short, short, short[:, :1]], 1))

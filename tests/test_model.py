@@ -136,6 +136,16 @@ def test_incremental_decoding_matches_teacher_forcing(norm, positional, scoring)
             assert torch.allclose(torch.stack(steps, dim=1), full, atol=1e-4)
 
 
+def test_cached_decoding_refuses_several_tokens_per_step():
+    """With a cache the self-attention has no causal mask: several new tokens would see each other's future."""
+    model = small_model()
+    src = random_ids(2, 5, 50, torch.Generator().manual_seed(4))
+    state = model.start_state(src)
+    layer = model.decoder[0]
+    with torch.no_grad(), pytest.raises(ValueError, match="one token per step"):
+        layer(torch.zeros(2, 2, 32), state["memory_kv"][0], state["src_mask"], cache=state["caches"][0])
+
+
 def test_reorder_state_follows_the_chosen_hypotheses():
     model = small_model()
     g = torch.Generator().manual_seed(3)

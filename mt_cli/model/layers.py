@@ -122,6 +122,8 @@ class DecoderLayer(nn.Module):
         def self_attn(h):
             k, v = self.self_attn.project_kv(h)
             if cache is not None:
+                if h.size(1) != 1:  # the unmasked attention below is only causal for a single query
+                    raise ValueError("cached decoding takes one token per step")
                 k, v = _append(cache, k, v)
             # with a cache the single new query may see every earlier position: no mask needed
             return self.self_attn(h, (k, v), causal=cache is None)

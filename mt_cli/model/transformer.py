@@ -30,6 +30,11 @@ class Transformer(nn.Module):
         if cfg.tie_output or cfg.share_embeddings:
             self.generator.weight = self.tgt_embed.tok.weight
 
+    @property
+    def max_positions(self) -> int | None:
+        """Longest sequence the model can represent: learned positions end; sinusoids do not (None)."""
+        return self.tgt_embed.pos.num_embeddings if self.tgt_embed.learned else None
+
     def src_mask(self, src: torch.Tensor) -> torch.Tensor:
         return (src != self.pad_id)[:, None, None, :]  # (batch, 1, 1, src_len), True = real token
 
