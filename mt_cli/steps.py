@@ -83,6 +83,12 @@ class Stepper:
         else:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in self.params]))
         finite = torch.isfinite(total) & torch.isfinite(norm)
+        if self.scaler is not None:
+            # fp16: the scaler skips a step whose scaled gradients overflow and halves its scale; that back-off
+            # is routine (several in a row at the start), not divergence, unless it happens even at scale <= 1
+            scale = getattr(self.scaler, "_scale", None)
+            scale = torch.tensor(self.scaler.get_scale()) if scale is None else scale
+            finite = torch.isfinite(total) & (torch.isfinite(norm) | (scale > 1))
         return total, ntok, finite
 
     def _accumulate(self, total, ntok, finite):

@@ -198,6 +198,24 @@ def _batch():
     return Batch(ids, ids, ids, 15, 15)
 
 
+def test_fp16_loss_scale_back_off_is_not_divergence():
+    """A GradScaler that starts far too high skips many steps in a row while it halves its scale: routine,
+    so none counts towards train.max_nonfinite; a non-finite loss still does."""
+    from mt_cli.steps import BAD_RUN, SKIPPED
+
+    stepper = _tiny_stepper([])
+    stepper.amp_dtype = torch.float16
+    stepper.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)
+    b = _batch()
+    for _ in range(30):
+        stepper(b)
+        assert int(stepper.acc[BAD_RUN]) == 0 and int(stepper.acc[SKIPPED]) == 0
+    assert scaler.get_scale() < 2.0 ** 50  # it did back off, step after step
+    stepper.model.generator.bias.data.fill_(math.nan)
+    stepper(b)
+    assert int(stepper.acc[BAD_RUN]) == 1
+
+
 def test_oom_on_a_batch_is_skipped_and_repeated_oom_stops_with_advice():
     logs: list[str] = []
     stepper = _tiny_stepper(logs)
