@@ -163,7 +163,10 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _check(self.save_every >= 0, "train.save_every", "must be >= 0 (0: save last.pt only at epoch ends)")
         _check(self.early_stopping is None or self.early_stopping >= 1, "train.early_stopping", "must be >= 1 or null")
-        _check(self.val_beam_size >= 1, "train.val_beam_size", "must be >= 1")
+        _check(1 <= self.val_beam_size <= 64, "train.val_beam_size", "must be in [1, 64]")
+        _check(0 <= self.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
+        _check(self.val_bleu or self.best_metric != "val_bleu", "train.best_metric",
+               "val_bleu needs train.val_bleu: true (or choose val_loss)")
         _check(self.max_nonfinite >= 1 and self.max_oom >= 1, "train.max_nonfinite", "must be >= 1")
 
 

@@ -38,6 +38,8 @@ class TrainingStopped(RuntimeError):
 
 
 def _better(metric: str, new: float, best: float | None) -> bool:
+    if math.isnan(new):
+        return False
     if best is None:
         return True
     return new > best if metric == "val_bleu" else new < best
@@ -287,6 +289,8 @@ def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, l
         path = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last:], saved_dir / "averaged.pt")
         log(f"averaged the last {min(cfg.train.average_last, len(epoch_checkpoints(saved_dir)))} epochs -> {path}")
     if not path.is_file():
+        log(f"no {path.name}: no epoch improved {cfg.train.best_metric} (was it ever finite?); the final test "
+            f"was skipped")
         return {}
     model, _, codecs = restore(load_checkpoint(path), path)
     model.to(dev).eval()

@@ -92,6 +92,10 @@ def test_wrong_type(tmp_path, text, key):
     ("model:\n  share_embeddings: true\n", "model.share_embeddings"),
     ("data:\n  joint_vocab: true\n", "data.joint_vocab"),
     ("model:\n  positional: learned\n  max_positions: 101\n", "model.max_positions"),  # max_len 100 + 2
+    ("train:\n  val_beam_size: 65\n", "train.val_beam_size"),
+    ("train:\n  seed: -1\n", "train.seed"),
+    ("train:\n  seed: 4294967296\n", "train.seed"),
+    ("train:\n  best_metric: val_bleu\n  val_bleu: false\n", "train.best_metric"),
 ])
 def test_out_of_range(tmp_path, text, key):
     p = write(tmp_path, text)

@@ -106,6 +106,22 @@ def test_files_corpus_prepares_and_trains(user_files):
     (base / "dev.en").write_text((base / "dev.en").read_text(encoding="utf-8").replace("a", "A", 1),
                                  encoding="utf-8")
     assert not is_prepared(cfg.data)
+    with pytest.raises(DataError, match=r"dev\.en: changed since `mt prepare`"):  # training would use stale data
+        train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
+
+
+def test_sentencepiece_vocabulary_smaller_than_the_alphabet_is_a_data_error(tmp_path):
+    """300 distinct CJK characters cannot fit into 100 pieces: one line naming the option, not a C++ error."""
+    chars = [chr(0x4E00 + i) for i in range(300)]
+    lines = ["".join(chars[i: i + 10]) for i in range(0, 300, 10)] * 2
+    write_tsv(tmp_path / "train.tsv", lines, lines)
+    cfg = config_from_dict({"data": {"corpus": "files", "train": str(tmp_path / "train.tsv"),
+                                     "valid": str(tmp_path / "train.tsv"), "root": str(tmp_path / "data"),
+                                     "tokenizer": "sentencepiece", "sp_vocab_size": 100, "src_lang": "de"}})
+    with pytest.raises(DataError, match=r"data.sp_vocab_size=100\): Vocabulary size is smaller than") as e:
+        prepare_corpus(cfg.data, **QUIET)
+    assert "\n" not in str(e.value) and ".cc" not in str(e.value)
+    assert not any((tmp_path / "data").glob("*/manifest.json"))
 
 
 @pytest.mark.parametrize("breakage, message", [

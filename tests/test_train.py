@@ -198,6 +198,14 @@ def _batch():
     return Batch(ids, ids, ids, 15, 15)
 
 
+def test_a_nan_metric_never_becomes_the_best():
+    from mt_cli.train import _better
+
+    assert not _better("val_loss", math.nan, None) and not _better("val_bleu", math.nan, 3.0)
+    assert _better("val_loss", 2.0, None) and _better("val_loss", 1.0, 2.0) and _better("val_bleu", 3.0, 2.0)
+    assert not _better("val_bleu", 2.0, 2.0)  # a tie is no improvement
+
+
 def test_fp16_loss_scale_back_off_is_not_divergence():
     """A GradScaler that starts far too high skips many steps in a row while it halves its scale: routine,
     so none counts towards train.max_nonfinite; a non-finite loss still does."""

@@ -184,6 +184,11 @@ def load_corpus(cfg: Config, bucket_width: int):
     man = load_manifest(folder)
     if man.get("fingerprint") != cfg.data.fingerprint():
         raise DataError(f"{folder}: prepared with another data config; run `mt prepare --config <this config>`")
+    if cfg.data.corpus == "files":  # a file edited since `mt prepare` (files absent here, e.g. on a GPU box, are fine)
+        now, then = user_file_sums(cfg.data), man.get("files_sha256") or {}
+        changed = [f for f, s in now.items() if s != "missing" and then.get(f) not in (None, s)]
+        if changed:
+            raise DataError(f"{changed[0]}: changed since `mt prepare` built {folder}; run `mt prepare` again")
     codec_state = torch.load(folder / "codecs.pt", map_location="cpu", weights_only=True)
     codecs = {side: SideCodec.from_state(codec_state[side]) for side in ("src", "tgt")}
     return codecs, Split(folder / "train.pt", bucket_width), Split(folder / "valid.pt", bucket_width), man

@@ -80,12 +80,19 @@ class SideCodec:
         with tempfile.TemporaryDirectory() as d:
             inp = Path(d) / "train.txt"
             inp.write_text("\n".join(normalize(t, lowercase) for t in texts if t.strip()) + "\n", encoding="utf-8")
-            spm.SentencePieceTrainer.train(
-                input=str(inp), model_prefix=str(Path(d) / "sp"), model_type=model_type, vocab_size=vocab_size,
-                character_coverage=1.0, unk_id=UNK, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-                unk_piece=SPECIALS[UNK], pad_piece=SPECIALS[PAD], bos_piece=SPECIALS[BOS], eos_piece=SPECIALS[EOS],
-                hard_vocab_limit=False, num_threads=1, minloglevel=2, shuffle_input_sentence=False,
-            )
+            try:
+                spm.SentencePieceTrainer.train(
+                    input=str(inp), model_prefix=str(Path(d) / "sp"), model_type=model_type, vocab_size=vocab_size,
+                    character_coverage=1.0, unk_id=UNK, pad_id=PAD, bos_id=BOS, eos_id=EOS,
+                    unk_piece=SPECIALS[UNK], pad_piece=SPECIALS[PAD], bos_piece=SPECIALS[BOS],
+                    eos_piece=SPECIALS[EOS], hard_vocab_limit=False, num_threads=1, minloglevel=2,
+                    shuffle_input_sentence=False)
+            except RuntimeError as e:  # e.g. fewer pieces than the corpus has distinct characters
+                from mt_cli.data.sources import DataError
+
+                msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                msg = re.sub(r"^INTERNAL: \S+ \[.*?\]\s*", "", msg)[:200]  # drop the C++ source location
+                raise DataError(f"sentencepiece ({lang}, data.sp_vocab_size={vocab_size}): {msg}") from None
             proto = (Path(d) / "sp.model").read_bytes()
         codec = cls("sentencepiece", lang, lowercase, Vocab([]), proto)
         sp = codec.sp
