@@ -3,7 +3,7 @@
 #   1. `mt train` with the default config (quality, time per epoch, time to BLEU, whole-run time)
 #   2. `mt bench` on the peer-sized config (CUDA graphs, then eager for comparison) and on the default
 #   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU
-#   4. recipe variants of the default config while time is left
+#   4. recipe variants of the default config while time is left (\$VARIANTS; time to BLEU per run)
 # Needs: what benchmarks/prepare_gpu_payload.sh builds (prepared corpora in data/, spaCy is not needed
 # for training; for the peer .gpu/{peers/joeynmt,whl,data/multi30k}). Writes $OUT/{summary.txt,results.tar.gz}.
 # DRY=1 runs every stage for a few steps on the CPU to check the script itself.
@@ -59,14 +59,18 @@ elif [ "${DRY:-0}" != "1" ]; then
   say "peer harness SKIPPED: .gpu/peers/joeynmt is missing (run benchmarks/prepare_gpu_payload.sh and carry .gpu)"
 fi
 
-# ---- 4. variants of the default recipe, side by side on the GPU while time is left (their BLEU
-# counts, not their speed: they share the GPU) --------------------------------------------------
+# ---- 4. recipe variants of the default config, side by side on the GPU while time is left. They share
+# the GPU, so their wall times do not count: what counts is their BLEU and the epoch at which validation
+# BLEU first reaches 37.4 (time to BLEU = that many epochs at the default run's epoch time).
+# VARIANTS: "name --set k=v ..." separated by ';' (default: faster-learning schedules for time to BLEU).
+VARIANTS="${VARIANTS:-v_lr1e3 --set train.lr=1e-3 --set train.warmup_steps=500;v_preln --set model.norm=pre --set train.lr=1e-3 --set train.warmup_steps=500}"
 T=$(( $(left) - 25 ))
 if [ "$T" -ge 60 ]; then
-  for v in "v_d256 --set model.d_model=256 --set model.d_ff=1024 --set model.n_heads=4" \
-           "v_word --set data.tokenizer=spacy --set data.joint_vocab=false --set model.share_embeddings=false"; do
-    name=${v%% *}; args=${v#* }
+  IFS=';' read -ra VLIST <<< "$VARIANTS"
+  for v in "${VLIST[@]}"; do
+    v="${v# }"; name=${v%% *}; args=${v#* }
     say "variant $name (timeout ${T}s): $args"
+    # shellcheck disable=SC2086 - args is a list of --set options
     timeout $T $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" --set name=$name $args \
       "${SET[@]}" > "$RUNS/logs/variant_$name.log" 2>&1 &
   done
@@ -75,11 +79,12 @@ if [ "$T" -ge 60 ]; then
 else
   say "no time left for variants (${T}s)"
 fi
+$PY benchmarks/time_to_bleu.py "$RUNS"/result/*/metrics.jsonl | tee "$RUNS/logs/time_to_bleu.txt"
 
 # ---- pack ---------------------------------------------------------------------------------------
 say "done"
 tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='tensorboard' "$RUNS" 2>/dev/null
-{ cat "$RUNS/logs/env.txt"; cat "$RUNS/logs/timeline.txt"
+{ cat "$RUNS/logs/env.txt"; cat "$RUNS/logs/timeline.txt"; cat "$RUNS/logs/time_to_bleu.txt"
   for f in "$RUNS"/result/*/summary.json; do echo "== $f"; cat "$f"; done
   for f in "$RUNS"/bench_*.json; do echo "== $f"; cat "$f"; done
   cat "$RUNS/peer/summary.md" 2>/dev/null; } > "$OUT/summary.txt"

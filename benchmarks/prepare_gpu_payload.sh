@@ -15,7 +15,7 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
   -d .gpu/whl joeynmt==2.3.0 sacremoses==0.1.1 subword-nmt==0.3.8 importlib_metadata==8.7.0 zipp==3.23.0
 mt prepare --source "$SHARED/data/multi30k"
 mt prepare -c configs/peer_joeynmt.yaml --source "$SHARED/data/multi30k"
-mt prepare --source "$SHARED/data/multi30k" --set data.tokenizer=spacy --set data.joint_vocab=false \
-  --set model.share_embeddings=false   # the word-level variant gpu_run.sh also trains
+# a variant with its own data options (gpu_run.sh VARIANTS) needs its corpus prepared here too, e.g.
+#   mt prepare --source "$SHARED/data/multi30k" --set data.tokenizer=spacy --set data.joint_vocab=false
 du -sh .gpu data/*
 echo "carry: .gpu $(ls -d data/multi30k_* | grep -v raw | tr '\n' ' ')"
