@@ -23,16 +23,30 @@ def keep_epoch_checkpoint(folder: Path, epoch: int, cfg, state: dict) -> None:
         old.unlink(missing_ok=True)
 
 
+def _same(a, b) -> bool:
+    """Equality of nested plain data that may hold tensors (a sentencepiece model is stored as bytes)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
 def average_checkpoints(paths: list[Path], out: Path) -> Path:
     """Element-wise mean of the weights of `paths`; metadata from the last one."""
     if not paths:
         raise ValueError("no checkpoints to average")
+    if any(Path(out).resolve() == Path(p).resolve() for p in paths):
+        raise ValueError(f"{out}: is one of the checkpoints to average; write the average to a new file")
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[-1]
     keys = first["model"].keys()
     for p, c in zip(paths, ckpts):
-        if c["model"].keys() != keys or c["config"]["model"] != first["config"]["model"]:
-            raise ValueError(f"{p}: a different model; only checkpoints of one run can be averaged")
+        same = c["model"].keys() == keys and c["config"]["model"] == first["config"]["model"] \
+            and _same(c["codecs"], first["codecs"])  # same architecture and the same vocabularies
+        if not same:
+            raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; only checkpoints of one run "
+                             f"can be averaged")
     avg = {}
     for k in keys:
         t = first["model"][k]

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Train, evaluate and use Transformer translation models (Multi30k de→en by default).")
 
 DEFAULT_CONFIG = "configs/multi30k_de_en.yaml"
@@ -294,17 +294,28 @@ def main() -> None:
             if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 tells
                 typer.echo(f"stopped: {e}", err=True)
             sys.exit(1)
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
+        _click_exit(e)
         typer.echo(f"error: {type(e).__name__}: {e}", err=True)
         sys.exit(1)
+
+
+def _click_exit(e: Exception) -> None:
+    """Usage errors and exits of click, or of the copy of click that newer Typer versions bundle: matched
+    by name, as the classes differ between the two."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # `mt` alone: the help, as for --help
+        e.show()
+        sys.exit(0)
+    if "ClickException" in names:
+        e.show()
+        sys.exit(e.exit_code)
+    if "Exit" in names:
+        if e.exit_code == 130:  # Ctrl-C, turned into an exit by Typer
+            typer.echo("interrupted", err=True)
+        sys.exit(e.exit_code)
+    if "Abort" in names:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

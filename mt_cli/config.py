@@ -31,7 +31,15 @@ def _yaml(text: str):
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
-        raise ConfigError(f"{key}: {msg}")
+        e = ConfigError(f"{key}: {msg}")
+        e.key = key
+        raise e
+
+
+def _check_folder_name(name: str | None, key: str) -> None:
+    """Run and corpus names become folder names: one plain path component."""
+    _check(name is None or (bool(re.fullmatch(r"[\w.+=-]+", name)) and not name.startswith(".")), key,
+           f"{name!r} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)")
 
 
 @dataclass
@@ -196,6 +204,8 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
 
     def validate(self) -> None:
+        _check_folder_name(self.name, "name")
+        _check_folder_name(self.data.name, "data.name")
         self.data.validate()
         self.model.validate()
         self.train.validate()
@@ -252,16 +262,18 @@ def _build(cls, raw: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in raw:
-        if k not in names:
-            raise ConfigError(f"{prefix}{k}: unknown key (known: {', '.join(sorted(names))})")
+        _check(k in names, f"{prefix}{k}", f"unknown key (known: {', '.join(sorted(names))})")
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in raw.items()})
 
 
 def _parse_override(item: str) -> tuple[list[str], object]:
-    if "=" not in item:
+    key, eq, text = item.partition("=")
+    if not key.strip() or not eq:
         raise ConfigError(f"--set {item}: expected key=value, e.g. --set train.lr=3e-4")
-    key, text = item.split("=", 1)
-    return key.strip().split("."), _yaml(text) if text.strip() else None
+    try:
+        return key.strip().split("."), _yaml(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: not a valid YAML value ({str(e).splitlines()[0]})") from None
 
 
 def config_from_dict(raw: dict, overrides: list[str] = ()) -> Config:
@@ -284,10 +296,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     raw: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder, not a config file")
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
             raw = _yaml(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (UTF-8) file; a config is YAML") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(raw, dict):
@@ -295,7 +311,12 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     try:
         cfg = config_from_dict(raw, overrides)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+        key = getattr(e, "key", None)
+        given = [o for o in overrides if key and o.partition("=")[0].strip() == key]
+        if given:  # a bad value given on the command line: name it, not the file
+            raise ConfigError(f"--set {given[-1]}: {str(e).split(': ', 1)[1]}") from None
+        raise ConfigError(f"{path}: {e}" if path is not None and not str(e).startswith("--set ") else str(e)) \
+            from None
     if cfg.name is None:
         cfg.name = path.stem if path is not None else "default"
     return cfg

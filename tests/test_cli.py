@@ -214,7 +214,7 @@ def test_help_and_config_errors_answer_without_importing_torch(tmp_path):
 
 def test_bad_config_value_exits_2(tmp_path, cli):
     line = one_line_error(cli("train", "--config", TINY, "--set", "model.n_heads=3", cwd=tmp_path), 2)
-    assert "model.n_heads" in line and "tiny.yaml" in line
+    assert line.startswith("error: --set model.n_heads=3: must divide model.d_model")
 
 
 def test_missing_checkpoint_exits_2(tmp_path, cli):

@@ -153,8 +153,26 @@ def test_bad_overrides_name_the_key(tmp_path, item, key):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         config_from_dict({}, [item])
     p = write(tmp_path, "name: x\n")
-    with pytest.raises(ConfigError, match=rf"^{p}: {key}: "):  # with a file, the file comes first
+    with pytest.raises(ConfigError, match=rf"^--set {item}: "):  # the culprit is the override, not the file
         load_config(p, [item])
+
+
+def test_override_errors_are_one_line_and_run_names_stay_inside_their_folders(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--set train.lr=\[unclosed: not a valid YAML value"):
+        config_from_dict({}, ["train.lr=[unclosed"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        config_from_dict({}, ["=5"])
+    for bad in ("../etc", "a/b", ".hidden", ""):
+        with pytest.raises(ConfigError, match="^name: .* must be a plain folder name"):
+            config_from_dict({"name": bad})
+    with pytest.raises(ConfigError, match="^data.name: "):
+        config_from_dict({"data": {"name": "../x"}})
+    assert config_from_dict({"name": "de-en_v2.1+ls=0.1"}).name == "de-en_v2.1+ls=0.1"
+    (tmp_path / "bin.yaml").write_bytes(b"\xde\xad\xbe\xef")
+    with pytest.raises(ConfigError, match=r"bin.yaml: not a text \(UTF-8\) file"):
+        load_config(tmp_path / "bin.yaml")
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
 
 
 def test_malformed_override():

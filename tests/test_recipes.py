@@ -144,6 +144,17 @@ def test_average_command_writes_the_mean_checkpoint(small, tmp_path):
     a, b = (load_checkpoint(p)["model"] for p in eps)
     key = "decoder.0.ffn.3.weight"
     torch.testing.assert_close(load_checkpoint(out)["model"][key], (a[key] + b[key]) / 2)
+    # refused: overwriting an input; another vocabulary (same architecture)
+    from mt_cli.averaging import average_checkpoints
+    from mt_cli.checkpoint import save_state
+
+    with pytest.raises(ValueError, match="is one of the checkpoints to average"):
+        average_checkpoints(eps, eps[0])
+    other = load_checkpoint(eps[0])
+    other["codecs"]["tgt"]["itos"] = list(reversed(other["codecs"]["tgt"]["itos"]))
+    save_state(tmp_path / "other.pt", other)
+    with pytest.raises(ValueError, match="other.pt: a different model or vocabulary"):
+        average_checkpoints([tmp_path / "other.pt", eps[1]], tmp_path / "avg2.pt")
 
 
 def test_compiled_training_matches_eager(small, tmp_path):
