@@ -130,11 +130,16 @@ def append_line(path: str | Path, line: str) -> None:
 
 
 def check_writable(folder: str | Path) -> None:
-    """Fail early, with a clear message, when `folder` cannot take new files."""
+    """Fail early, with a clear message, when `folder` cannot take new files. Creates nothing: the nearest
+    existing folder on the way is probed, so a command that fails later leaves no empty folders behind."""
     folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".probe-")
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(probe))
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".probe-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:

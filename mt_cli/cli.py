@@ -40,6 +40,13 @@ def _device(name: str):
     return resolve_device(name)
 
 
+def _check_beam(beam: Optional[int], nbest: int = 1) -> None:
+    if beam is not None and not 1 <= beam <= 64:
+        _fail(f"--beam {beam}: must be in [1, 64]", 2)
+    if nbest < 1:
+        _fail(f"--nbest {nbest}: must be >= 1", 2)
+
+
 def _amp(dev):
     from mt_cli.steps import resolve_precision
 
@@ -98,9 +105,11 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
              limit: int = typer.Option(10, "--limit", help="Sentences per split with an attention map."),
              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
+    from mt_cli.atomic import check_writable
     from mt_cli.checkpoint import load_for_inference
     from mt_cli.evaluate import evaluate_splits, format_table
 
+    _check_beam(beam)
     if attention:
         maps = _attention_setup(attention, attention_layer, attention_heads)
         if limit < 1:
@@ -114,6 +123,7 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
     if data_root:
         cfg.data.root = data_root
     out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
+    check_writable(out_dir)  # before decoding, not after
     report = evaluate_splits(model, codecs, cfg, split or ["test_2016_flickr"], dev, beam or 1, out_dir,
                              _amp(dev), log=_say)
     typer.echo(format_table(report))
@@ -150,11 +160,14 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
     """Translate a file or stdin, keeping line count and order."""
     from mt_cli.atomic import atomic_path, check_writable
     from mt_cli.checkpoint import load_for_inference
-    from mt_cli.data.sources import read_lines
+    from mt_cli.data.sources import decode_lines, read_lines
     from mt_cli.translate import translate_lines
 
+    _check_beam(beam, nbest)
     maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
     if output != "-":
+        if Path(output).is_dir():
+            _fail(f"--output {output}: is a folder; name a file in it", 2)
         check_writable(Path(output).resolve().parent)
     dev = _device(device)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
@@ -164,7 +177,7 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
         check_selection(model, *maps)
     if nbest > (beam or cfg.decode.beam_size):
         _fail(f"--nbest {nbest} needs a beam of at least {nbest} (--beam)", 2)
-    lines = read_lines(Path(input)) if input != "-" else sys.stdin.read().splitlines()
+    lines = read_lines(Path(input)) if input != "-" else decode_lines(sys.stdin.buffer.read(), "stdin")
     ids = [] if attention else None
     hyps = translate_lines(model, cfg, codecs, lines, dev, beam, nbest, _amp(dev), show_progress=input != "-",
                            warn=_say, ids_out=ids)
@@ -196,31 +209,40 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     import json
 
     cfg = _load(config, set_)
-    from mt_cli.atomic import write_json
+    if steps < 1:
+        _fail(f"--steps {steps}: must be >= 1", 2)
+    from mt_cli.atomic import check_writable, write_json
     from mt_cli.bench import bench_training, bench_translation, environment
     from mt_cli.checkpoint import load_for_inference
     from mt_cli.data.prepare import load_corpus
     from mt_cli.data.vocab import PAD
+    from mt_cli.evaluate import load_eval_split
     from mt_cli.model import build_model
 
+    import torch
+
     dev = _device(device)
+    path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
+    check_writable(path.parent)
+    if checkpoint:
+        # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
+        model, tcfg, codecs = load_for_inference(checkpoint, torch.device("cpu"))
+    else:
+        tcfg = cfg
+    load_eval_split(tcfg, split)  # so does an unknown split
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
     report["training"] = bench_training(cfg, dev, steps, log=_say)
     _say(f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
          f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s")
     if checkpoint:
-        model, tcfg, codecs = load_for_inference(checkpoint, dev)
+        model = model.to(dev)
     else:
-        tcfg = cfg
         codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
         model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev).eval()
     report["translation_model"] = checkpoint or "untrained"
     report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
     if dev.type == "cuda":
-        import torch
-
         report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
-    path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
     write_json(path, report)
     typer.echo(json.dumps({k: report[k] for k in ("device", "training", "translation")}, indent=1))
     typer.echo(f"saved {path}")

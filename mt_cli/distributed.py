@@ -42,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device {name}: not a device; use auto, cpu, cuda or cuda:N") from None
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: not a device mt_cli uses; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
     return dev

@@ -49,7 +49,7 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
     """A prepared split: ids, source text, and references (normalized like training)."""
     folder = corpus_dir(cfg.data)
     if not (folder / f"{split}.pt").is_file():
-        have = sorted(p.stem for p in folder.glob("*.pt")) if folder.is_dir() else []
+        have = sorted(p.stem for p in folder.glob("*.pt") if p.stem != "codecs") if folder.is_dir() else []
         hint = f"available: {', '.join(have)}" if have else \
             "run `mt prepare` with this config first, or point --data-root at the folder holding it"
         raise DataError(f"{folder}: no split {split!r} ({hint})")

@@ -24,6 +24,8 @@ def find_runs(result_root: str | Path = "result", names: list[str] | None = None
                 raise ValueError(f"{f}: not a training run (no config.json or metrics.jsonl)")
         return folders
     root = Path(result_root)
+    if root.is_file():
+        raise ValueError(f"{root}: is a file, not the folder of runs (--result DIR)")
     if not root.is_dir():
         raise ValueError(f"{root}: no such folder (train a model first, or pass --result DIR)")
     runs = [p for p in root.iterdir() if is_run(p)]

@@ -47,7 +47,7 @@ def find_last(saved_root: str | Path, name: str) -> Path:
 
 
 def open_run(cfg: Config, resume, saved_root: str, result_root: str) -> tuple[Path, Path, Path | None]:
-    """(rank 0) Choose the run folders, check they can be written, and clear a crashed writer's temp files."""
+    """(rank 0) Choose the run folders, check they could be written, and clear a crashed writer's temp files."""
     resume_path = None
     if resume:
         resume_path = Path(resume) if isinstance(resume, (str, Path)) else find_last(saved_root, cfg.name)
@@ -56,7 +56,7 @@ def open_run(cfg: Config, resume, saved_root: str, result_root: str) -> tuple[Pa
         saved_dir, result_dir = resume_path.parent, Path(result_root) / resume_path.parent.name
     else:
         saved_dir, result_dir = run_folders(cfg, saved_root, result_root, resume=False)
-    check_writable(saved_dir)
+    check_writable(saved_dir)  # creates nothing yet: train() makes the folders once the run can start
     check_writable(result_dir)
     remove_stale_temps(saved_dir)
     remove_stale_temps(result_dir)

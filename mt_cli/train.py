@@ -66,8 +66,11 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
         ck = D.on_main(load_checkpoint, resume_path)  # read once, sent to the others (no shared disk needed)
         check_resume(ck, cfg, resume_path, result_dir, log)
 
-    seed_all(cfg.train.seed)
     codecs, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
+    if is_main:  # the run can start: claim its name (the next run of this config gets -2)
+        saved_dir.mkdir(parents=True, exist_ok=True)
+        result_dir.mkdir(parents=True, exist_ok=True)
+    seed_all(cfg.train.seed)
     train_split.to(dev)
     valid_split.to(dev)
     model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev)

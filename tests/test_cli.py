@@ -38,10 +38,11 @@ def cli(capfd, monkeypatch):
     """Run mt_cli.cli.main with `args` in `cwd`; returns (returncode, stdout, stderr) like subprocess.run."""
     from mt_cli.cli import main
 
-    def call(*args, cwd, stdin: str = ""):
+    def call(*args, cwd, stdin: str | bytes = ""):
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["mt", *map(str, args)])
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        raw = stdin if isinstance(stdin, bytes) else stdin.encode("utf-8")
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
         capfd.readouterr()
         try:
             main()
@@ -278,4 +279,48 @@ def test_missing_input_file_and_split(tmp_path, run, cli):
     assert "missing.de" in line
     line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2099", "--data-root",
                               run["tmp"] / "data", "--device", "cpu", cwd=tmp_path), 2)
-    assert "test_2099" in line and "test_2016_flickr" in line  # names what is available
+    assert "test_2099" in line and "test_2016_flickr" in line and "codecs" not in line  # names what is available
+
+
+def test_usage_errors_exit_2_and_bare_mt_shows_help(tmp_path, cli):
+    p = cli(cwd=tmp_path)
+    assert p.returncode == 0 and "[OPTIONS] COMMAND" in p.stdout + p.stderr and "translate" in p.stdout + p.stderr
+    for args, words in ((["export"], "No such command 'export'"), (["translate"], "Missing option '--checkpoint'"),
+                        (["translate", "--checkpoint", "x", "--beam", "abc"], "Invalid value for '--beam'")):
+        p = cli(*args, cwd=tmp_path)
+        assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    p = cli("translate", "--help", cwd=tmp_path)
+    assert "[config's decode.beam_size]" in " ".join(p.stdout.split())  # not eaten as markup
+
+
+def test_option_values_out_of_range_exit_2(tmp_path, run, cli):
+    ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
+    for args, words in ((["translate", "--beam", "0"], "--beam 0: must be in [1, 64]"),
+                        (["translate", "--beam", "-3"], "--beam -3: must be in [1, 64]"),
+                        (["evaluate", "--beam", "65"], "--beam 65: must be in [1, 64]"),
+                        (["translate", "--nbest", "0"], "--nbest 0: must be >= 1"),
+                        (["translate", "--device", "mps"], "--device mps: not a device mt_cli uses")):
+        line = one_line_error(cli(*args, "--checkpoint", ckpt, cwd=tmp_path, stdin="ein Hund\n"), 2)
+        assert words in line, (args, line)
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--device", "cpu", cwd=tmp_path,
+                              stdin=b"ein Hund\nein M\xe4nnchen\n"), 2)
+    assert line == "error: stdin:2: invalid UTF-8 at byte 5; convert the text to UTF-8"
+    (tmp_path / "adir").mkdir()
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "-i", "adir", "--device", "cpu", cwd=tmp_path), 2)
+    assert "adir: is a folder, not a text file" in line
+    line = one_line_error(cli("translate", "--checkpoint", ckpt, "-o", "adir", "--device", "cpu", cwd=tmp_path,
+                              stdin="ein Hund\n"), 2)
+    assert "--output adir: is a folder" in line
+
+
+def test_failed_commands_leave_no_empty_folders(tmp_path, cli, multi30k_dir):
+    before = set(tmp_path.iterdir())
+    one_line_error(cli("train", "--config", TINY, "--set", "data.root=nodata", "--saved", "s", "--result", "r",
+                       "--device", "cpu", cwd=tmp_path), 2)  # no prepared corpus
+    one_line_error(cli("translate", "--checkpoint", "missing.pt", "-o", "newdir/x.txt", "--device", "cpu",
+                       cwd=tmp_path, stdin="x\n"), 2)
+    one_line_error(cli("translate", "--checkpoint", "missing.pt", "--attention", "maps", "--attention-layer", "x",
+                       "--device", "cpu", cwd=tmp_path, stdin="x\n"), 2)
+    one_line_error(cli("prepare", "--config", TINY, "--set", "data.root=d2", "--source", "/nonexistent",
+                       cwd=tmp_path), 2)
+    assert set(tmp_path.iterdir()) == before

@@ -221,10 +221,11 @@ def test_set_overrides_are_recorded(real_lines, tmp_path, monkeypatch, capsys):
     # overrides are validated like the file: one line, exit 2, nothing trained
     p = mt("train", "-c", "cli.yaml", "--set", "model.d_model=abc", "--device", "cpu")
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
-    assert p.stderr.startswith("error: cli.yaml: model.d_model: must be an integer"), p.stderr
+    assert p.stderr.startswith("error: --set model.d_model=abc: must be an integer"), p.stderr
     from mt_cli.cli import main
 
-    for bad, msg in (("model.n_heads=5", "model.n_heads: must divide"), ("train.nope=1", "train.nope: unknown key"),
+    for bad, msg in (("model.n_heads=5", "--set model.n_heads=5: must divide"),
+                     ("train.nope=1", "--set train.nope=1: unknown key"),
                      ("train", "expected key=value")):
         monkeypatch.setattr(sys, "argv", ["mt", "train", "-c", "cli.yaml", "--set", bad, "--device", "cpu"])
         with pytest.raises(SystemExit) as e:

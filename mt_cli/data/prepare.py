@@ -13,8 +13,8 @@ from mt_cli import __version__
 from mt_cli.atomic import write_json, write_text
 from mt_cli.config import Config, DataConfig
 from mt_cli.data.batching import Split
-from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_splits, read_parallel,
-                                 read_split_files, sha256_of, split_files)
+from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_source, multi30k_splits,
+                                 read_parallel, read_split_files, sha256_of, split_files)
 from mt_cli.data.tokenize import SideCodec, normalize
 from mt_cli.data.vocab import Vocab
 
@@ -45,6 +45,7 @@ def _raw_splits(data: DataConfig, source: str | None, log) -> tuple[dict[str, tu
         names = multi30k_splits(data.src_lang, data.tgt_lang)
         files = [f"{s}.{lang}.gz" for s in names for lang in (data.src_lang, data.tgt_lang)]
         raw_dir = Path(data.root) / "multi30k_raw"
+        source = multi30k_source(source)
         log(f"fetching {len(files)} Multi30k files into {raw_dir} ({'from ' + source if source else 'download or cache'})")
         sums = fetch_multi30k(files, raw_dir, source)
         splits = {s: read_parallel(raw_dir / f"{s}.{data.src_lang}.gz", raw_dir / f"{s}.{data.tgt_lang}.gz")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mt_cli.atomic import atomic_path
+from mt_cli.atomic import atomic_path, check_writable
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{file}"
 MULTI30K_ENV = "MT_MULTI30K_DIR"
@@ -68,10 +68,19 @@ def _download(url: str, dest: Path) -> None:
         raise DataError(f"cannot download {url} ({e}); offline, pass --source DIR or set {MULTI30K_ENV}") from None
 
 
+def multi30k_source(source: str | None) -> str | None:
+    """The local folder to copy Multi30k from (--source, else $MT_MULTI30K_DIR), checked; None: download."""
+    source = source or os.environ.get(MULTI30K_ENV)
+    if source and not Path(source).is_dir():
+        raise DataError(f"{source}: no such folder; --source (or {MULTI30K_ENV}) names the folder holding the "
+                        f"Multi30k .gz files")
+    return source
+
+
 def fetch_multi30k(files: list[str], raw_dir: Path, source: str | None) -> dict[str, str]:
     """Make verified copies of `files` in raw_dir, from `source` (a folder) or the official URLs."""
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    source = source or os.environ.get(MULTI30K_ENV)
+    source = multi30k_source(source)
+    check_writable(raw_dir)
     sums = {}
     for name in files:
         dest = raw_dir / name
@@ -96,6 +105,8 @@ def fetch_multi30k(files: list[str], raw_dir: Path, source: str | None) -> dict[
 
 def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file (optionally gzipped), without line ends."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a text file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     opener = gzip.open if path.suffix == ".gz" else open
@@ -104,6 +115,11 @@ def read_lines(path: Path) -> list[str]:
             data = f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
+    return decode_lines(data, str(path))
+
+
+def decode_lines(data: bytes, where: str) -> list[str]:
+    """UTF-8 bytes → lines without line ends; `where` names the source in errors (a file, stdin)."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -113,7 +129,7 @@ def read_lines(path: Path) -> list[str]:
             text = raw.decode("utf-8").rstrip("\r")
             out.append(text.removeprefix("\ufeff") if i == 1 else text)  # a byte-order mark is not text
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}:{i}: invalid UTF-8 at byte {e.start}; convert the file to UTF-8") from None
+            raise DataError(f"{where}:{i}: invalid UTF-8 at byte {e.start}; convert the text to UTF-8") from None
     return out
 
 
