@@ -21,6 +21,16 @@ class _Loader(yaml.SafeLoader):
     """Safe YAML that also reads 3e-4 and 1E-3 as numbers (YAML 1.1 makes them strings; `--set train.lr=3e-4`)."""
 
 
+def _no_duplicate_keys(loader, node, deep=False):
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+    if dup is not None:  # YAML would silently keep the last one
+        raise yaml.constructor.ConstructorError(None, None, f"duplicate key {dup!r}", node.start_mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                        lambda loader, node: _no_duplicate_keys(loader, node, deep=True))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
                               list("-+0123456789."))
 

@@ -157,6 +157,12 @@ def test_bad_overrides_name_the_key(tmp_path, item, key):
         load_config(p, [item])
 
 
+def test_a_key_given_twice_is_an_error(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 1.0e-3\nmodel:\n  d_model: 64\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML \(duplicate key 'train'\)"):
+        load_config(p)
+
+
 def test_override_errors_are_one_line_and_run_names_stay_inside_their_folders(tmp_path):
     with pytest.raises(ConfigError, match=r"^--set train.lr=\[unclosed: not a valid YAML value"):
         config_from_dict({}, ["train.lr=[unclosed"])

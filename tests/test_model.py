@@ -74,6 +74,22 @@ def test_multihead_attention_matches_the_formula(need_weights, scoring, causal):
         assert torch.allclose(out, mha.out_proj(ref2.transpose(1, 2).reshape(2, 6, d)), atol=ATOL)
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_causal_mask_with_fewer_queries_than_keys_sees_the_past_only(with_mask, need_weights):
+    """3 queries over 6 keys (the last 3 positions of a prefix): query i sees keys 0..i+3, on every path."""
+    torch.manual_seed(3)
+    d, h = 16, 4
+    mha = MultiHeadAttention(d, h).eval()
+    x, mem = torch.randn(2, 3, d), torch.randn(2, 6, d)
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool) if with_mask else None
+    out, _ = mha(x, mha.project_kv(mem), mask, causal=True, need_weights=need_weights)
+    split = lambda t: t.view(2, -1, h, d // h).transpose(1, 2)  # noqa: E731
+    q, k, v = split(mha.q_proj(x)), split(mha.k_proj(mem)), split(mha.v_proj(mem))
+    ref = textbook(q, k, v, mask, True).transpose(1, 2).reshape(2, 3, d)
+    assert torch.allclose(out, mha.out_proj(ref), atol=ATOL)
+
+
 @pytest.mark.parametrize("scoring", SCORINGS)
 def test_weights_and_fused_paths_agree(scoring):
     torch.manual_seed(2)

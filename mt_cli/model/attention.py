@@ -69,9 +69,10 @@ class MultiHeadAttention(nn.Module):
             out, w = _softmax_apply((q @ k.transpose(-2, -1)) * scale, v, mask, causal, p, self.training)
         else:  # fused kernels (flash / memory-efficient) where the inputs allow
             scale = 1.0 if self.scoring in ("dot", "bilinear") else None
-            if causal and mask is not None:
-                lq, lk = q.size(2), k.size(2)
-                mask = mask & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+            lq, lk = q.size(2), k.size(2)
+            if causal and (mask is not None or lq != lk):  # SDPA's is_causal aligns top-left; ours bottom-right
+                tril = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+                mask = tril if mask is None else mask & tril
                 causal = False
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                  is_causal=causal and q.size(2) > 1, scale=scale)
