@@ -47,6 +47,11 @@ timeout 90 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $(( BSTE
   --out "$RUNS/bench_peer_eager.json" "${BSET[@]}" 2>&1 | quiet | tail -2
 say "bench default (+ trained model translation)"
 timeout 120 $MT bench --device $DEV --steps $BSTEPS --checkpoint "$CK" --out "$RUNS/bench_default.json" 2>&1 | quiet | tail -2
+for bs in 1000 2000; do  # fewer, larger decoding batches: launch-bound steps at 500 sentences (x5 beams)?
+  say "bench default translation only, decode.batch_size=$bs"
+  timeout 60 $MT bench --device $DEV --no-training --checkpoint "$CK" --set decode.batch_size=$bs \
+    --out "$RUNS/bench_default_bs$bs.json" "${BSET[@]}" 2>&1 | quiet | grep -A12 '"translation"'
+done
 
 # ---- 3. the peer, same GPU ----------------------------------------------------------------------
 if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then

@@ -97,7 +97,7 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
              split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
              beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
-             device: str = typer.Option("auto", "--device"),
+             device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
              out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
              data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
              attention: Optional[str] = typer.Option(None, "--attention", help="Also draw cross-attention maps "
@@ -153,7 +153,7 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
               output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
               beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
               nbest: int = typer.Option(1, "--nbest", help="Print the n best translations per line (tab-separated)."),
-              device: str = typer.Option("auto", "--device"),
+              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
               attention: Optional[str] = typer.Option(None, "--attention", help="Also draw a cross-attention map "
                                                       "per line (of the best translation) into this folder: NNNN.png."),
               attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
@@ -203,7 +203,8 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
           checkpoint: Optional[str] = typer.Option(None, "--checkpoint",
                                                    help="Model for translation speed [an untrained one of the config]."),
           split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
-          device: str = typer.Option("auto", "--device"),
+          training: bool = typer.Option(True, "--training/--no-training", help="Also time training steps."),
+          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
           out: Optional[str] = typer.Option(None, "--out", help="JSON report [result/bench/<config name>.json].")):
     """Measure training throughput, translation speed (greedy, beam 5) and peak memory."""
     import json
@@ -227,13 +228,19 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     if checkpoint:
         # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
         model, tcfg, codecs = load_for_inference(checkpoint, torch.device("cpu"))
+        decode_sets = [s for s in set_ or [] if s.strip().startswith("decode.")]
+        if decode_sets:  # --set decode.* applies to the checkpoint's config too
+            from mt_cli.config import config_from_dict
+
+            tcfg = config_from_dict(tcfg.to_dict(), decode_sets)
     else:
         tcfg = cfg
     load_eval_split(tcfg, split)  # so does an unknown split
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
-    report["training"] = bench_training(cfg, dev, steps, log=_say)
-    _say(f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
-         f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s")
+    report["training"] = bench_training(cfg, dev, steps, log=_say) if training else None
+    if training:
+        _say(f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
+             f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s")
     if checkpoint:
         model = model.to(dev)
     else:

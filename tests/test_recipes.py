@@ -107,6 +107,15 @@ def test_bench_cli_writes_report(small, tmp_path):
     assert rep["translation"]["beam5"]["sentences"] == 30
     assert 0 < rep["translation"]["beam5"]["cold_longest_batch"]["sentences"] <= 30
     assert rep["device"].startswith("cpu") and rep["torch"] == torch.__version__
+    # translation only, of a trained checkpoint, with its decoding settings overridden
+    _, s = _train(small, "train.max_steps=2", "train.val_bleu=false", tmp=tmp_path)
+    ckpt = os.path.join(s["saved"], "best.pt")
+    r = subprocess.run(args + ["--no-training", "--checkpoint", ckpt, "--set", "decode.batch_size=7"], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert rep["training"] is None and rep["translation_model"] == ckpt
+    assert rep["translation"]["beam5"]["cold_longest_batch"]["sentences"] == 7
 
 
 def test_label_smoothed_loss_ignores_target_padding():
