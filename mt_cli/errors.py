@@ -1,0 +1,60 @@
+"""How failures reach the user: one line on stderr and an exit status (2: bad config, input, option or
+checkpoint; 1: a runtime failure; 130: interrupted), never a traceback."""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import typer
+
+
+def run_reporting_errors(app) -> None:
+    """Run the Typer `app`; known failures become one line on stderr and a non-zero exit, never a traceback."""
+    # ConfigError, DataError and CheckpointError are ValueErrors; not importing their modules here keeps
+    # `mt --help` and config errors free of the torch import (seconds).
+    from mt_cli.atomic import OutputError
+
+    warnings.filterwarnings("ignore", message=".*capturable.*")
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OutputError as e:
+        typer.echo(f"error: {e.strerror or e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the last line of defence for a one-line error
+        from mt_cli.train import TrainingStopped
+
+        if isinstance(e, TrainingStopped):
+            if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 tells
+                typer.echo(f"stopped: {e}", err=True)
+            sys.exit(1)
+        _click_exit(e)
+        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+        sys.exit(1)
+
+
+def _click_exit(e: Exception) -> None:
+    """Usage errors and exits of click, or of the copy of click that newer Typer versions bundle: matched
+    by name, as the classes differ between the two."""
+    names = {c.__name__ for c in type(e).__mro__}
+    if "NoArgsIsHelpError" in names:  # `mt` alone: the help, as for --help
+        e.show()
+        sys.exit(0)
+    if "ClickException" in names:
+        e.show()
+        sys.exit(e.exit_code)
+    if "Exit" in names:
+        if e.exit_code == 130:  # Ctrl-C, turned into an exit by Typer
+            typer.echo("interrupted", err=True)
+        sys.exit(e.exit_code)
+    if "Abort" in names:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
