@@ -82,9 +82,10 @@ def check_resume(ck: dict, cfg: Config, resume_path: Path, result_dir: Path, log
                               f"do); resume from last.pt")
     allowed, refused = config_changes(ck["config"], cfg.to_dict())
     if refused:
+        recorded = result_dir / "config.yaml"
+        how = f"--config {recorded}" if recorded.is_file() else "the config it was started with"
         raise ValueError(f"{resume_path}: the run was started with another config ({', '.join(refused[:4])}"
-                         f"{' …' if len(refused) > 4 else ''} differ); resume it with --config "
-                         f"{result_dir / 'config.yaml'}")
+                         f"{' …' if len(refused) > 4 else ''} differ); resume it with {how}")
     for k in allowed:
         log(f"resuming with a changed {k}: {_flat(ck['config']).get(k)} -> {_flat(cfg.to_dict()).get(k)}")
 

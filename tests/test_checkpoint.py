@@ -164,3 +164,15 @@ def test_resume_refuses_a_different_config_but_allows_more_epochs(tiny, tmp_path
     new.model.d_ff = 64
     new.train.lr = 1.0
     assert config_changes(ck["config"], new.to_dict())[1] == ["model.d_ff", "train.lr"]
+
+
+def test_a_refused_resume_names_the_config_to_use(tiny, tmp_path):
+    from mt_cli.runstate import check_resume
+
+    ck = load_checkpoint(tiny[0])
+    cfg = Config(name="other", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=64))
+    with pytest.raises(ValueError, match=r"model.d_ff.* differ\); resume it with the config it was started with$"):
+        check_resume(ck, cfg, Path(tiny[0]), tmp_path / "nowhere", print)
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    with pytest.raises(ValueError, match=rf"resume it with --config {tmp_path / 'config.yaml'}$"):
+        check_resume(ck, cfg, Path(tiny[0]), tmp_path, print)
