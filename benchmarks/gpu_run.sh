@@ -6,16 +6,19 @@
 #   4. recipe variants of the default config while time is left (\$VARIANTS; time to BLEU per run)
 # Needs: what benchmarks/prepare_gpu_payload.sh builds (prepared corpora in data/, spaCy is not needed
 # for training; for the peer .gpu/{peers/joeynmt,whl,data/multi30k}). Writes $OUT/{summary.txt,results.tar.gz}.
-# DRY=1 runs every stage for a few steps on the CPU to check the script itself.
+# DRY=1 runs every stage for a few steps on the CPU to check the script itself. STAGES=train,bench runs only
+# those stages (e.g. STAGES=peer,variants in a second call while the machine is still warm: runs/ stays).
 set -u
 OUT="${OUT:-/tmp/gpu_out}"
 PY="${PY:-python3}"
 TOTAL="${TOTAL:-560}"      # seconds this script may take
 RUNS="${RUNS:-runs}"
+STAGES="${STAGES:-train,bench,peer,variants}"   # a subset splits the work over two device calls
 T0=$(date +%s)
 mkdir -p "$OUT" "$RUNS/logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+want() { [[ ",$STAGES," == *",$1,"* ]]; }
 say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$RUNS/logs/timeline.txt"; }
 quiet() { tr '\r' '\n' | grep -vE '[0-9]+/[0-9]+ \[|it/s\]|s/it\]|^\s*$'; }
 MT="$PY -m mt_cli"
@@ -31,14 +34,17 @@ fi
 say "env: $(tr '\n' ' ' < "$RUNS/logs/env.txt")"
 
 # ---- 1. default training -----------------------------------------------------------------------
+if want train; then
 say "train default"
 TS=$(date +%s)
 timeout 330 $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" \
   "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_default.log"
 say "train default rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"; tail -25 "$RUNS/logs/train_default.log"
+fi
 CK="$RUNS/saved/multi30k_de_en/averaged.pt"; [ -f "$CK" ] || CK="$RUNS/saved/multi30k_de_en/best.pt"
 
 # ---- 2. benchmarks ------------------------------------------------------------------------------
+if want bench; then
 say "bench peer-sized (graphs)"
 timeout 120 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $BSTEPS --out "$RUNS/bench_peer_graphs.json" \
   "${BSET[@]}" 2>&1 | quiet | tail -4
@@ -52,8 +58,10 @@ for bs in 1000 2000; do  # fewer, larger decoding batches: launch-bound steps at
   timeout 60 $MT bench --device $DEV --no-training --checkpoint "$CK" --set decode.batch_size=$bs \
     --out "$RUNS/bench_default_bs$bs.json" "${BSET[@]}" 2>&1 | quiet | grep -A12 '"translation"'
 done
+fi
 
 # ---- 3. the peer, same GPU ----------------------------------------------------------------------
+if want peer; then
 if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then
   say "peer harness"
   WHEELS=$PWD/.gpu/whl DATA=$PWD/.gpu/data/multi30k OUT=$PWD/$RUNS/peer WORK=/tmp/joey_work BUDGET=200 \
@@ -63,8 +71,10 @@ if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then
 elif [ "${DRY:-0}" != "1" ]; then
   say "peer harness SKIPPED: .gpu/peers/joeynmt is missing (run benchmarks/prepare_gpu_payload.sh and carry .gpu)"
 fi
+fi
 
 # ---- 4. recipe variants of the default config, side by side on the GPU while time is left. They share
+if want variants; then
 # the GPU, so their wall times do not count: what counts is their BLEU and the epoch at which validation
 # BLEU first reaches 37.4 (time to BLEU = that many epochs at the default run's epoch time).
 # VARIANTS: "name --set k=v ..." separated by ';' (default: faster-learning schedules for time to BLEU).
@@ -84,12 +94,12 @@ if [ "$T" -ge 60 ]; then
 else
   say "no time left for variants (${T}s)"
 fi
+fi
 $PY benchmarks/time_to_bleu.py "$RUNS"/result/*/metrics.jsonl | tee "$RUNS/logs/time_to_bleu.txt"
 
 # ---- pack ---------------------------------------------------------------------------------------
 say "done"
 tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='tensorboard' "$RUNS" 2>/dev/null
 { cat "$RUNS/logs/env.txt"; cat "$RUNS/logs/timeline.txt"; cat "$RUNS/logs/time_to_bleu.txt"
-  for f in "$RUNS"/result/*/summary.json; do echo "== $f"; cat "$f"; done
-  for f in "$RUNS"/bench_*.json; do echo "== $f"; cat "$f"; done
+  for f in "$RUNS"/result/*/summary.json "$RUNS"/bench_*.json; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done
   cat "$RUNS/peer/summary.md" 2>/dev/null; } > "$OUT/summary.txt"

@@ -19,6 +19,8 @@ def main(argv: list[str]) -> None:
         argv = argv[:i] + argv[i + 2:]
     print(f"{'run':24} {'epochs':>6} {'first >= ' + str(bleu):>22} {'best val BLEU':>14}  median epoch s")
     for path in argv:
+        if not Path(path).is_file():  # e.g. an unmatched shell glob: no runs yet
+            continue
         rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
         if not rows:
             continue
