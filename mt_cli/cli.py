@@ -85,7 +85,7 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     summary = run(cfg, device=device, resume=res, saved_root=saved, result_root=result, log=_say)
     if summary.get("rank", 0):  # torchrun: rank 0 reports
         return
-    test = {k: v for k, v in summary.get("test", {}).items() if isinstance(v, dict)}
+    test = {k: v for k, v in summary.get("test", {}).items() if isinstance(v, dict) and "bleu" in v}
     if test:
         typer.echo(format_table(test))
     typer.echo(f"run {summary['run']}: checkpoints in {summary['saved']}, logs in {summary['result']}")

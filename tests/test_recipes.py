@@ -66,7 +66,31 @@ def test_average_last_n_epochs(small, tmp_path):
     key = "encoder.0.ffn.0.weight"
     assert not torch.equal(a[key], b[key])
     torch.testing.assert_close(avg[key], (a[key] + b[key]) / 2)
-    assert s["test"]["checkpoint"].endswith("averaged.pt") and "test_small" in s["test"]
+    # the average is tested unless best.pt does better on the validation set (same beam)
+    picks = s["test"]["valid_bleu_of"]
+    assert set(picks) == {"averaged.pt", "best.pt"} and "test_small" in s["test"]
+    winner = "averaged.pt" if picks["averaged.pt"] >= picks["best.pt"] else "best.pt"
+    assert s["test"]["checkpoint"].endswith(winner)
+    assert s["test"]["valid"]["bleu"] == pytest.approx(picks[winner], abs=1e-6)
+
+
+def test_final_test_keeps_best_when_the_average_is_worse_on_valid(small, tmp_path):
+    """Epoch snapshots replaced by untrained weights (as after a collapse): the average loses on valid."""
+    from mt_cli.checkpoint import load_checkpoint, save_state
+    from mt_cli.train import final_test
+
+    cfg, s = _train(small, "train.epochs=3", "train.average_last=2", "train.val_bleu=false",
+                    "train.lr=3e-3", "decode.beam_size=1", tmp=tmp_path)
+    saved = tmp_path / "saved" / s["run"]
+    for p in saved.glob("epoch_*.pt"):
+        ck = load_checkpoint(p)
+        ck["model"] = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in ck["model"].items()}
+        save_state(p, ck)
+    logs = []
+    rep = final_test(cfg, saved, tmp_path / "again", torch.device("cpu"), None, logs.append)
+    assert rep["checkpoint"].endswith("best.pt"), logs
+    assert rep["valid_bleu_of"]["best.pt"] > rep["valid_bleu_of"]["averaged.pt"]
+    assert any("-> best.pt" in x for x in logs)
 
 
 def test_inverse_sqrt_schedule_warms_up_then_decays(small, tmp_path):
