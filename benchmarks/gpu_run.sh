@@ -58,6 +58,11 @@ for bs in 1000 2000; do  # fewer, larger decoding batches: launch-bound steps at
   timeout 60 $MT bench --device $DEV --no-training --checkpoint "$CK" --set decode.batch_size=$bs \
     --out "$RUNS/bench_default_bs$bs.json" "${BSET[@]}" 2>&1 | quiet | grep -A12 '"translation"'
 done
+for k in 5 1; do  # where decoding time goes (operators by GPU time), for the next round of tuning
+  say "profile decoding, beam $k"
+  timeout 60 $PY benchmarks/profile_decode.py "$CK" --beam $k --device $DEV > "$RUNS/logs/profile_beam$k.txt" 2>&1
+  head -1 "$RUNS/logs/profile_beam$k.txt"
+done
 fi
 
 # ---- 3. the peer, same GPU ----------------------------------------------------------------------
