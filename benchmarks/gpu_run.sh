@@ -41,7 +41,9 @@ timeout 330 $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result
   "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_default.log"
 say "train default rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"; tail -25 "$RUNS/logs/train_default.log"
 fi
-CK="$RUNS/saved/multi30k_de_en/averaged.pt"; [ -f "$CK" ] || CK="$RUNS/saved/multi30k_de_en/best.pt"
+# the checkpoint the final test chose (averaged.pt, or best.pt where that did better on valid)
+CK=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['test']['checkpoint'])" \
+  "$RUNS/result/multi30k_de_en/summary.json" 2>/dev/null) || CK="$RUNS/saved/multi30k_de_en/best.pt"
 
 # ---- 2. benchmarks ------------------------------------------------------------------------------
 if want bench; then
@@ -88,7 +90,7 @@ T=$(( $(left) - 25 ))
 if [ "$T" -ge 60 ]; then
   IFS=';' read -ra VLIST <<< "$VARIANTS"
   for v in "${VLIST[@]}"; do
-    v="${v# }"; name=${v%% *}; args=${v#* }
+    v="${v# }"; name=${v%% *}; args=""; [[ "$v" == *" "* ]] && args=${v#* }
     say "variant $name (timeout ${T}s): $args"
     # shellcheck disable=SC2086 - args is a list of --set options
     timeout $T $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" --set name=$name $args \

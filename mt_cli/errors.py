@@ -19,6 +19,8 @@ def run_reporting_errors(app) -> None:
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:
+            if rc == 130:  # Typer returns Ctrl-C as exit code 130 when not in standalone mode
+                typer.echo("interrupted", err=True)
             sys.exit(rc)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)

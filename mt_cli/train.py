@@ -40,7 +40,7 @@ class TrainingStopped(RuntimeError):
 def _better(metric: str, new: float, best: float | None) -> bool:
     if math.isnan(new):
         return False
-    if best is None:
+    if best is None or math.isnan(best):  # (a NaN best from a run saved by an older version)
         return True
     return new > best if metric == "val_bleu" else new < best
 

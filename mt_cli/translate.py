@@ -20,6 +20,11 @@ def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, 
     if long:
         warn(f"warning: {len(long)} input line(s) longer than the training max_len={cfg.data.max_len} tokens "
              f"(first: line {long[0]}); translated in full, quality may suffer")
+    limit = model.max_positions
+    too_long = [keep[j] + 1 for j, ids in enumerate(src_ids) if limit is not None and len(ids) + 1 > limit]
+    if too_long:
+        raise ValueError(f"input line {too_long[0]} is longer than the model's {limit} learned positions "
+                         f"({len(too_long)} such line(s)); split it")
     sources = [torch.tensor(ids + [EOS], dtype=torch.long) for ids in src_ids]
     dec = cfg.decode
     if nbest > 1:

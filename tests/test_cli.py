@@ -313,6 +313,26 @@ def test_option_values_out_of_range_exit_2(tmp_path, run, cli):
     assert "--output adir: is a folder" in line
 
 
+def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, cli, monkeypatch):
+    import mt_cli.cli as C
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "_load", interrupted)
+    p = cli("train", "--config", TINY, cwd=tmp_path)
+    assert p.returncode == 130 and p.stderr.strip() == "interrupted", p.stderr
+
+
+def test_a_complete_raw_cache_needs_no_source(run, monkeypatch):
+    from mt_cli.data.prepare import _raw_splits
+
+    monkeypatch.chdir(run["tmp"])
+    monkeypatch.setenv("MT_MULTI30K_DIR", "/nonexistent/multi30k")  # stale, but every file is cached
+    splits, _ = _raw_splits(run["cfg"].data, None, lambda *_: None)
+    assert len(splits["train"][0]) == 29000
+
+
 def test_failed_commands_leave_no_empty_folders(tmp_path, cli, multi30k_dir):
     before = set(tmp_path.iterdir())
     one_line_error(cli("train", "--config", TINY, "--set", "data.root=nodata", "--saved", "s", "--result", "r",

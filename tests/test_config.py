@@ -157,6 +157,37 @@ def test_bad_overrides_name_the_key(tmp_path, item, key):
         load_config(p, [item])
 
 
+def test_errors_blame_the_override_that_caused_them(tmp_path):
+    p = write(tmp_path, "train:\n  lr: 1.0e-3\n")
+    for item, words in (("trian.lr=1e-3", "--set trian.lr=1e-3: trian: unknown key"),
+                        ("train.bogus.x=1", "--set train.bogus.x=1: train.bogus: unknown key"),
+                        ("train.betas=[a, 0.98]", "--set train.betas=[a, 0.98]: train.betas[0]: must be a number"),
+                        ("model={d_model: -1}", "--set model={d_model: -1}: model.d_model: must be"),
+                        ("train.max_oom=0", "--set train.max_oom=0: must be >= 1")):
+        with pytest.raises(ConfigError) as e:
+            load_config(p, [item])
+        assert str(e.value).startswith(words), str(e.value)
+    # a check across keys: the file alone is valid, so the overrides are named
+    p = write(tmp_path, "train:\n  best_metric: val_bleu\n")
+    with pytest.raises(ConfigError, match=r"^--set train.val_bleu=false: train.best_metric: val_bleu needs"):
+        load_config(p, ["train.val_bleu=false"])
+
+
+def test_a_run_named_after_its_file_needs_a_plain_file_name(tmp_path):
+    p = tmp_path / "my exp.yaml"
+    p.write_text("train:\n  epochs: 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"my exp.yaml: name: 'my exp' must be .*unless the config sets name:"):
+        load_config(p)
+    p.write_text("name: my_exp\ntrain:\n  epochs: 1\n", encoding="utf-8")
+    assert load_config(p).name == "my_exp"
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    p = write(tmp_path, "model:\n  <<: {dropout: 0.2, d_model: 64}\n  d_model: 32\n  n_heads: 2\n")
+    cfg = load_config(p)
+    assert (cfg.model.dropout, cfg.model.d_model) == (0.2, 32)  # merged, then overridden by the mapping
+
+
 def test_a_key_given_twice_is_an_error(tmp_path):
     p = write(tmp_path, "train:\n  lr: 1.0e-3\nmodel:\n  d_model: 64\ntrain:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match=r"not valid YAML \(duplicate key 'train'\)"):

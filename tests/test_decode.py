@@ -155,3 +155,16 @@ def test_learned_positions_bound_the_output_length(sources, prepared):
         assert [len(h) for h in hyps] == [15] * 4
     with pytest.raises(ValueError, match="17 tokens is longer than the model's 16 learned positions"):
         greedy_search(m, torch.cat([short, short, short[:, :1]], 1))
+
+
+def test_translate_names_the_input_line_too_long_for_learned_positions(prepared):
+    from dataclasses import replace
+
+    from mt_cli.translate import translate_lines
+
+    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned",
+                    max_positions=16)
+    cfg = replace(prepared.cfg, data=replace(prepared.cfg.data, max_len=14))
+    lines = ["ein Hund .", "", " ".join(["ein Hund"] * 10)]
+    with pytest.raises(ValueError, match=r"input line 3 is longer than the model's 16 learned positions"):
+        translate_lines(m, cfg, prepared.codecs, lines, torch.device("cpu"), beam_size=1)

@@ -10,7 +10,7 @@ from typing import Literal
 
 import yaml
 
-from mt_cli.config.schema import Config, ConfigError, _check
+from mt_cli.config.schema import Config, ConfigError, _check, _check_folder_name
 
 
 class _Loader(yaml.SafeLoader):
@@ -18,7 +18,8 @@ class _Loader(yaml.SafeLoader):
 
 
 def _no_duplicate_keys(loader, node, deep=False):
-    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value]
+    # merge keys (<<) may bring keys that the mapping then overrides: only the explicit ones must be unique
+    keys = [loader.construct_object(k, deep=deep) for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge"]
     dup = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
     if dup is not None:  # YAML would silently keep the last one
         raise yaml.constructor.ConstructorError(None, None, f"duplicate key {dup!r}", node.start_mark)
@@ -123,13 +124,34 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
             raise ConfigError(f"{path}: the top level must be a mapping")
     try:
         cfg = config_from_dict(raw, overrides)
+        if cfg.name is None:  # the run is named after the file: it must make a folder name too
+            cfg.name = path.stem if path is not None else "default"
+            _check_folder_name(cfg.name, "name")
     except ConfigError as e:
-        key = getattr(e, "key", None)
-        given = [o for o in overrides if key and o.partition("=")[0].strip() == key]
-        if given:  # a bad value given on the command line: name it, not the file
-            raise ConfigError(f"--set {given[-1]}: {str(e).split(': ', 1)[1]}") from None
-        raise ConfigError(f"{path}: {e}" if path is not None and not str(e).startswith("--set ") else str(e)) \
-            from None
-    if cfg.name is None:
-        cfg.name = path.stem if path is not None else "default"
+        raise _blame(e, path, raw, overrides) from None
     return cfg
+
+
+def _blame(e: ConfigError, path: Path | None, raw: dict, overrides: list[str]) -> ConfigError:
+    """Name what caused `e`: the `--set` that set the key (or a section above or below it), all the
+    overrides when the file alone is valid, else the file."""
+    msg = str(e)
+    if msg.startswith("--set "):
+        return e
+    key = getattr(e, "key", "") or ""
+    for item in reversed(overrides):
+        k = item.partition("=")[0].strip()
+        if k and (key == k or key.startswith((k + ".", k + "[")) or k.startswith(key + ".")):
+            return ConfigError(f"--set {item}: {msg.split(': ', 1)[1] if key == k else msg}")
+    if overrides:
+        try:
+            config_from_dict(raw)
+        except ConfigError:
+            pass
+        else:  # the file alone is fine: the overrides together made it invalid
+            return ConfigError(f"--set {' '.join(overrides)}: {msg}")
+    if path is None:
+        return e
+    if key == "name" and "name" not in raw:
+        return ConfigError(f"{path}: {msg}; the run is named after the file unless the config sets name:")
+    return ConfigError(f"{path}: {msg}")

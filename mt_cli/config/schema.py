@@ -159,7 +159,8 @@ class TrainConfig:
         _check(0 <= self.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
         _check(self.val_bleu or self.best_metric != "val_bleu", "train.best_metric",
                "val_bleu needs train.val_bleu: true (or choose val_loss)")
-        _check(self.max_nonfinite >= 1 and self.max_oom >= 1, "train.max_nonfinite", "must be >= 1")
+        _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
+        _check(self.max_oom >= 1, "train.max_oom", "must be >= 1")
 
 
 @dataclass

@@ -45,7 +45,8 @@ def _raw_splits(data: DataConfig, source: str | None, log) -> tuple[dict[str, tu
         names = multi30k_splits(data.src_lang, data.tgt_lang)
         files = [f"{s}.{lang}.gz" for s in names for lang in (data.src_lang, data.tgt_lang)]
         raw_dir = Path(data.root) / "multi30k_raw"
-        source = multi30k_source(source)
+        if not all((raw_dir / f).is_file() for f in files):  # a complete cache needs no source
+            source = multi30k_source(source)
         log(f"fetching {len(files)} Multi30k files into {raw_dir} ({'from ' + source if source else 'download or cache'})")
         sums = fetch_multi30k(files, raw_dir, source)
         splits = {s: read_parallel(raw_dir / f"{s}.{data.src_lang}.gz", raw_dir / f"{s}.{data.tgt_lang}.gz")

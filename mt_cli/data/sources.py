@@ -79,7 +79,7 @@ def multi30k_source(source: str | None) -> str | None:
 
 def fetch_multi30k(files: list[str], raw_dir: Path, source: str | None) -> dict[str, str]:
     """Make verified copies of `files` in raw_dir, from `source` (a folder) or the official URLs."""
-    source = multi30k_source(source)
+    source = source or os.environ.get(MULTI30K_ENV)
     check_writable(raw_dir)
     sums = {}
     for name in files:
@@ -87,7 +87,7 @@ def fetch_multi30k(files: list[str], raw_dir: Path, source: str | None) -> dict[
         want = MULTI30K_SHA256[name]
         if not (dest.is_file() and sha256_of(dest) == want):
             if source:
-                src = Path(source) / name
+                src = Path(multi30k_source(source)) / name
                 if not src.is_file():
                     raise DataError(f"{src}: missing; the folder must hold the Multi30k task-1 raw files ({name})")
                 with atomic_path(dest) as tmp:
