@@ -111,7 +111,7 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
     if attention:
         maps = _attention_setup(attention, attention_layer, attention_heads)
         if limit < 1:
-            _fail("--limit must be >= 1", 2)
+            _fail(f"--limit {limit}: must be >= 1", 2)
     dev = _device(device)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
     if attention:
@@ -168,6 +168,8 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
             _fail(f"--output {output}: is a folder; name a file in it", 2)
         check_writable(Path(output).resolve().parent)
     dev = _device(device)
+    if input != "-":  # a missing input file answers before the model loads
+        lines = read_lines(Path(input))
     model, cfg, codecs = load_for_inference(checkpoint, dev)
     if attention:
         from mt_cli.attention_maps import check_selection
@@ -175,7 +177,8 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
         check_selection(model, *maps)
     if nbest > (beam or cfg.decode.beam_size):
         _fail(f"--nbest {nbest} needs a beam of at least {nbest} (--beam)", 2)
-    lines = read_lines(Path(input)) if input != "-" else decode_lines(sys.stdin.buffer.read(), "stdin")
+    if input == "-":
+        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
     ids = [] if attention else None
     hyps = translate_lines(model, cfg, codecs, lines, dev, beam, nbest, _amp(dev), show_progress=input != "-",
                            warn=_say, ids_out=ids)
