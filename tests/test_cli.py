@@ -311,6 +311,8 @@ def test_option_values_out_of_range_exit_2(tmp_path, run, cli):
     line = one_line_error(cli("translate", "--checkpoint", ckpt, "-o", "adir", "--device", "cpu", cwd=tmp_path,
                               stdin="ein Hund\n"), 2)
     assert "--output adir: is a folder" in line
+    p = cli("translate", "--checkpoint", ckpt, "-i", os.devnull, "--device", "cpu", cwd=tmp_path)  # not a regular file
+    assert p.returncode == 0 and p.stdout == "", p.stderr
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, cli, monkeypatch):

@@ -107,7 +107,7 @@ def read_lines(path: Path) -> list[str]:
     """Lines of a UTF-8 text file (optionally gzipped), without line ends."""
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not a text file")
-    if not path.is_file():
+    if not path.exists():  # (not is_file: /dev/stdin, a pipe or <(command) are fine)
         raise DataError(f"{path}: file not found")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
