@@ -146,7 +146,7 @@ def draw_attention(grid, src_tokens: list[str], tgt_tokens: list[str], title: st
         row[0].set_ylabel("produced target")
     fig.colorbar(im, ax=axes, shrink=0.8, label="attention weight")
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title.replace("$", r"\$"), fontsize=9)  # no mathtext
     return fig
 
 

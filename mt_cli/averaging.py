@@ -45,8 +45,8 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
         same = c["model"].keys() == keys and c["config"]["model"] == first["config"]["model"] \
             and _same(c["codecs"], first["codecs"])  # same architecture and the same vocabularies
         if not same:
-            raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; only checkpoints of one run "
-                             f"can be averaged")
+            raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; average checkpoints of "
+                             f"one run")
     avg = {}
     for k in keys:
         t = first["model"][k]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from mt_cli.plots import read_metrics, resolve_run
@@ -63,13 +64,17 @@ def load_run(folder: Path) -> dict:
     except ValueError:
         recs = []
     summary = _read_json(folder / "summary.json") or {}
-    bleus = [r["val_bleu"] for r in recs if isinstance(r.get("val_bleu"), (int, float))]
-    losses = [r["val_loss"] for r in recs if isinstance(r.get("val_loss"), (int, float))]
+    bleus = [r["val_bleu"] for r in recs if _finite(r.get("val_bleu"))]
+    losses = [r["val_loss"] for r in recs if _finite(r.get("val_loss"))]
     test = {k: v["bleu"] for k, v in (summary.get("test") or {}).items()
             if k.startswith("test") and isinstance(v, dict) and "bleu" in v}
     return {"run": folder.name, "path": str(folder), "config": flatten(cfg) if isinstance(cfg, dict) else {},
             "epochs": len(recs), "best_val_bleu": max(bleus) if bleus else None,
             "best_val_loss": min(losses) if losses else None, "test_bleu": test, "finished": bool(summary)}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def differing_keys(configs: list[dict]) -> list[str]:

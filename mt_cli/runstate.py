@@ -34,12 +34,22 @@ def run_folders(cfg: Config, saved_root: str, result_root: str, resume: bool) ->
     return Path(saved_root) / name, Path(result_root) / name
 
 
+def _run_name(last: Path) -> str | None:
+    """The config name recorded in a checkpoint (memory-mapped: the weights are not read); None if unreadable."""
+    try:
+        ck = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        return ck["config"]["name"]
+    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded for real
+        return None
+
+
 def find_last(saved_root: str | Path, name: str) -> Path:
     """The last.pt that plain `--resume` continues: of saved/<name>/ and saved/<name>-N/ (runs started
     again with the same config get a suffix), the most recently written one."""
     root = Path(saved_root)
     pattern = re.compile(re.escape(name) + r"(-\d+)?")
-    found = [d / "last.pt" for d in root.glob(f"{name}*") if pattern.fullmatch(d.name) and (d / "last.pt").is_file()]
+    found = [d / "last.pt" for d in root.glob(f"{name}*") if pattern.fullmatch(d.name) and (d / "last.pt").is_file()
+             and _run_name(d / "last.pt") in (name, None)]  # not the runs of an experiment named "<name>-2020"
     if not found:
         raise CheckpointError(f"{root / name / 'last.pt'}: no run named {name!r} to resume under {root}/; "
                               f"start it without --resume, or name a checkpoint with --resume-from PATH")

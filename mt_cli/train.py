@@ -90,15 +90,20 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                       label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, scaler=scaler, log=log)
 
     st = {"epoch": 1, "step": 0, "position": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0,
-          "skipped": 0}
+          "skipped": 0, "validated": False}  # validated: the epoch of a mid-epoch stop was validated and logged
     if ck is not None:
         restore_training(ck, model=model, opt=opt, schedule=schedule, scaler=scaler, acc=stepper.acc, progress=st,
                          dev=dev, rank=rank, world=world, log=log)
         log(f"resuming {resume_path}: epoch {st['epoch']}, step {st['step']}, batch {st['position']}")
         del ck  # the run no longer needs it: do not hold this copy of the state (~300 MB) for the whole run
+    max_steps = cfg.train.max_steps
+    early = bool(cfg.train.early_stopping and st["bad_epochs"] >= cfg.train.early_stopping)
+    finished = bool(max_steps and st["step"] >= max_steps) or early or st["epoch"] > cfg.train.epochs
     metrics_path = result_dir / "metrics.jsonl"
     if is_main:
-        if resume_path:
+        if resume_path:  # the old summary describes an ended run; a new one comes when this one ends
+            (result_dir / "summary.json").unlink(missing_ok=True)
+        if resume_path and not (finished and st["validated"]):  # a finished run keeps its last line
             dropped = truncate_metrics(metrics_path, st["epoch"])
             if dropped:
                 log(f"{metrics_path}: dropped {dropped} line(s) of epochs the checkpoint had not finished")
@@ -137,14 +142,16 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
 
     # Host syncs are cheap on the CPU: check every step there; on a GPU every 50 steps.
     check_every = 1 if dev.type == "cpu" else 50
-    save_every, max_steps = cfg.train.save_every, cfg.train.max_steps
-    finished = bool(max_steps and st["step"] >= max_steps)
-    if finished:
-        log(f"the run already reached train.max_steps={max_steps}; raise it to train longer")
+    save_every = cfg.train.save_every
+    if finished and resume_path:
+        why = "early stopping" if early else f"train.max_steps={max_steps}" if max_steps and st["step"] >= max_steps \
+            else f"train.epochs={cfg.train.epochs}"
+        log(f"the run already reached {why}; raise it to train longer (now only the final test runs)")
     with Signals(log, second_quits=world == 1) as sig, Writer() as writer:
         for epoch in range(st["epoch"], cfg.train.epochs + 1):
             if finished:
                 break
+            st["validated"] = False
             plan = shard(batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,
                                     seed=cfg.train.seed, epoch=epoch), rank, world)
             start = min(st["position"], len(plan)) if epoch == st["epoch"] else 0
@@ -198,9 +205,11 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                 raise stopped(f"{interrupted} received: saved {saved_dir / 'last.pt'} at epoch {epoch}, "
                               f"step {st['step']}; continue with `{hint}`")
             part_epoch = stopped_at is not None and stopped_at < len(plan)
+            part_last = None
             if part_epoch:  # train.max_steps mid-epoch: the exact point, so a larger max_steps continues from here
                 finished = True
-                writer.submit(last_pt(epoch, stopped_at))
+                part_last = last_pt(epoch, stopped_at)
+                writer.submit(part_last)
             acc = D.all_reduce_sum(torch.tensor(stepper.take(), device=dev)).tolist()
             train_secs = max(time.time() - t0, 1e-9)
             st["skipped"] += int(acc[SKIPPED])
@@ -254,6 +263,12 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                     f"{rec['tgt_tokens_per_s'] / 1000:.1f}k tgt tok/s{'  *' if improved else ''}")
             if not part_epoch:
                 jobs.append(last_pt(epoch + 1, 0, rec, weights))
+            elif part_last is not None:  # the same point again, now knowing this epoch's validation
+                state = part_last.args[1]
+                progress = {**state["train_state"]["progress"], "best": st["best"], "best_epoch": st["best_epoch"],
+                            "bad_epochs": st["bad_epochs"], "validated": True}
+                jobs.append(partial(part_last.func, part_last.args[0],
+                                    {**state, "train_state": {**state["train_state"], "progress": progress}}))
             if is_main:
                 jobs.append(partial(report_epoch, rec, result_dir))
             writer.submit(*jobs)

@@ -120,6 +120,15 @@ def checkpoint(tmp_path_factory, real_lines):
     return path, model, cfg, codecs, vde
 
 
+def test_dollar_signs_in_the_title_are_text_not_math(tmp_path):
+    from mt_cli.attention_maps import draw_attention
+    from mt_cli.plots import save_figure
+
+    grid = attention_panels(torch.full((1, 1, 3, 4), 0.25))
+    fig = draw_attention(grid, ["a", "$", "%", "<eos>"], ["x", "$", "<eos>"], title="1: a $ % $ b")
+    assert imread(save_figure(fig, tmp_path / "m.png")).shape[0] > 0  # mathtext would raise on "$ % $"
+
+
 def test_png_size_and_token_labels(checkpoint, tmp_path):
     _, model, _, codecs, vde = checkpoint
     src = codecs["src"].encode(vde[:2])

@@ -176,3 +176,15 @@ def test_a_refused_resume_names_the_config_to_use(tiny, tmp_path):
     (tmp_path / "config.yaml").write_text("name: x\n")
     with pytest.raises(ValueError, match=rf"resume it with --config {tmp_path / 'config.yaml'}$"):
         check_resume(ck, cfg, Path(tiny[0]), tmp_path, print)
+
+
+def test_plain_resume_ignores_runs_of_another_experiment_with_a_longer_name(tiny, tmp_path):
+    from mt_cli.runstate import find_last
+
+    ck = load_checkpoint(tiny[0])
+    for i, (folder, name) in enumerate((("rel", "rel"), ("rel-2020", "rel-2020"))):
+        (tmp_path / folder).mkdir()
+        torch.save({**ck, "config": {**ck["config"], "name": name}}, tmp_path / folder / "last.pt")
+        os.utime(tmp_path / folder / "last.pt", ns=(10**18 + i, 10**18 + i))  # rel-2020 is the newest
+    assert find_last(tmp_path, "rel") == tmp_path / "rel" / "last.pt"
+    assert find_last(tmp_path, "rel-2020") == tmp_path / "rel-2020" / "last.pt"

@@ -23,7 +23,7 @@ from conftest import TINY
 
 @pytest.fixture(scope="module")
 def spacy_codecs():
-    return {lang: SideCodec("spacy", lang, lowercase=False, vocab=Vocab([])) for lang in ("de", "en")}
+    return {lang: SideCodec("spacy", lang, lowercase=False, vocab=Vocab([])) for lang in ("de", "en", "fr")}
 
 
 @pytest.mark.parametrize("lang,text,tokens", [
@@ -52,7 +52,7 @@ def test_detokenize_inverts_tokenize(spacy_codecs, text):
     assert detokenize(spacy_codecs[lang].tokenize([text])[0]) == text
 
 
-@pytest.mark.parametrize("lang", ["de", "en"])
+@pytest.mark.parametrize("lang", ["de", "en", "fr"])  # fr: elisions of any length (l', qu', jusqu')
 def test_detokenize_round_trip_on_real_lines(real_lines, spacy_codecs, lang):
     lines = real_lines("val", lang)
     toks = spacy_codecs[lang].tokenize(lines)

@@ -84,6 +84,16 @@ def test_unfinished_run_and_missing_keys(tmp_path):
     assert "-" in format_runs(report)
 
 
+def test_a_nan_epoch_is_not_the_best(tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    recs = [{"epoch": 1, "val_loss": float("nan"), "val_bleu": float("nan")}, {"epoch": 2, "val_loss": 3.0,
+                                                                                "val_bleu": 7.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    r = runs_report(find_runs(tmp_path))["runs"][0]
+    assert (r["best_val_loss"], r["best_val_bleu"]) == (3.0, 7.5)
+
+
 def test_flatten_and_differences():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
     assert differing_keys([{"name": "x", "k": 1, "l": [1]}, {"name": "y", "k": 2, "l": [1]}]) == ["k"]

@@ -198,6 +198,42 @@ def _batch():
     return Batch(ids, ids, ids, 15, 15)
 
 
+def _resume(cfg, tmp_path, logs):
+    return train(cfg, device="cpu", resume=True, saved_root=str(tmp_path / "saved"),
+                 result_root=str(tmp_path / "result"), log=logs.append)
+
+
+def test_resuming_an_early_stopped_run_only_tests_it(corpus, tmp_path):
+    """(After a crash in the final test, say.) No further epoch is trained, no metrics line is dropped."""
+    cfg, logs, run = _train(corpus, tmp_path, "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12",
+                            "train.val_bleu=false", "decode.beam_size=1")
+    first = run()
+    recs = S.metrics(tmp_path / "result" / S.RUN)
+    assert [r["epoch"] for r in recs] == [1, 2] and first["best_epoch"] == 1
+    logs.clear()
+    again = _resume(cfg, tmp_path, logs)
+    assert S.metrics(tmp_path / "result" / S.RUN) == recs
+    assert any("already reached early stopping" in x for x in logs) and not any(x.startswith("epoch") for x in logs)
+    assert again["best_epoch"] == 1 and again["test"]["test"]["bleu"] == first["test"]["test"]["bleu"]
+
+
+def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corpus, tmp_path):
+    """max_steps=30 stops in epoch 2 (22 batches an epoch), after validating it; resuming with the same
+    config keeps that validation (line and best epoch); a larger max_steps continues and re-logs epoch 2."""
+    cfg, logs, run = _train(corpus, tmp_path, "train.epochs=3", "train.max_steps=30", "train.val_bleu=false",
+                            "decode.beam_size=1")
+    first = run()
+    recs = S.metrics(tmp_path / "result" / S.RUN)
+    assert [r["epoch"] for r in recs] == [1, 2] and first["best_epoch"] == 2
+    again = _resume(cfg, tmp_path, logs)
+    assert S.metrics(tmp_path / "result" / S.RUN) == recs and again["best_epoch"] == 2
+    longer = load_config(corpus, ["train.epochs=3", "train.max_steps=50", "train.val_bleu=false",
+                                  "decode.beam_size=1"])
+    _resume(longer, tmp_path, logs)
+    recs = S.metrics(tmp_path / "result" / S.RUN)
+    assert [r["epoch"] for r in recs] == [1, 2, 3] and recs[1]["steps"] == 22  # epoch 2 again, now whole
+
+
 def test_a_nan_metric_never_becomes_the_best():
     from mt_cli.train import _better
 

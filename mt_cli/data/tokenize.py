@@ -57,7 +57,7 @@ def detokenize(tokens: list[str]) -> str:
             glue_next = not quote_open
             quote_open = not quote_open
         low_quote_open = low_quote_open or tok == "„"
-        if tok in _NO_SPACE_AFTER or (tok.endswith("'") and len(tok) == 2 and tok[0].isalpha()):
+        if tok in _NO_SPACE_AFTER or (tok.endswith("'") and len(tok) >= 2 and tok[:-1].isalpha()):  # l' qu' jusqu'
             glue_next = True
         out.append(tok if glue else " " + tok)
     return re.sub(r"\s+", " ", "".join(out)).strip()
