@@ -122,8 +122,9 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
         cfg.data.root = data_root
     out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
     check_writable(out_dir)  # before decoding, not after
+    # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
     report = evaluate_splits(model, codecs, cfg, split or ["test_2016_flickr"], dev, beam or 1, out_dir,
-                             _amp(dev), log=_say)
+                             _amp(dev), log=_say, tag=f".{Path(checkpoint).stem}", checkpoint=str(checkpoint))
     typer.echo(format_table(report))
     typer.echo(f"report: {out_dir}")
     if attention:

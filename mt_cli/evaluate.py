@@ -2,6 +2,7 @@
 validation loss."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -67,8 +68,9 @@ def decode_split(model, codecs, cfg: Config, data: Split, device, beam_size: int
 
 
 def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_size: int, out_dir: Path | None,
-                    amp_dtype=None, log=print, tag: str = "") -> dict:
-    """Decode and score each split; write hypotheses and a JSON report under out_dir."""
+                    amp_dtype=None, log=print, tag: str = "", checkpoint: str | None = None) -> dict:
+    """Decode and score each split; write hypotheses and a JSON report under out_dir (an existing report
+    of the same tag and beam keeps its other splits)."""
     report = {}
     for split in splits:
         data, _, refs = load_eval_split(cfg, split)
@@ -82,13 +84,20 @@ def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_
         res = score(hyps, refs, cfg.data.lowercase)
         res.update({"beam_size": beam_size, "seconds": round(secs, 3),
                     "sentences_per_s": round(len(hyps) / max(secs, 1e-9), 1)})
+        if checkpoint:
+            res["checkpoint"] = checkpoint
         report[split] = res
         if out_dir is not None:
             write_text(out_dir / f"{split}{tag}.beam{beam_size}.hyp", "".join(h + "\n" for h in hyps))
         log(f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps)} sentences, beam {beam_size}, "
             f"{res['sentences_per_s']:.0f} sent/s)")
     if out_dir is not None and report:
-        write_json(out_dir / f"eval{tag}.beam{beam_size}.json", report)
+        path = out_dir / f"eval{tag}.beam{beam_size}.json"
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except ValueError:
+            earlier = {}
+        write_json(path, {**(earlier if isinstance(earlier, dict) else {}), **report})
     return report
 
 

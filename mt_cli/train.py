@@ -37,6 +37,13 @@ class TrainingStopped(RuntimeError):
     """Training ended early for a reason the user must see (non-finite losses, OOM, signal)."""
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _better(metric: str, new: float, best: float | None) -> bool:
     if math.isnan(new):
         return False
@@ -107,10 +114,12 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
             dropped = truncate_metrics(metrics_path, st["epoch"])
             if dropped:
                 log(f"{metrics_path}: dropped {dropped} line(s) of epochs the checkpoint had not finished")
-        write_json(result_dir / "config.json", cfg.to_dict())
-        import yaml
+        resolved = json.loads(json.dumps(cfg.to_dict()))
+        if _read_json(result_dir / "config.json") != resolved:  # unchanged on resume: `mt runs` orders by its time
+            import yaml
 
-        write_text(result_dir / "config.yaml", yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False))
+            write_json(result_dir / "config.json", resolved)
+            write_text(result_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     log(f"run {saved_dir.name}: {n_params / 1e6:.2f}M parameters, device {dev}"
         f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}"
         f"{f' x {world} processes' if world > 1 else ''}, precision "

@@ -159,15 +159,22 @@ def test_evaluate_prints_the_table_and_writes_reports(run):
     assert sig.startswith("BLEU signature: nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:")
 
     out = tmp / "result" / "tiny" / "eval"
-    report = json.loads((out / "eval.beam1.json").read_text())
+    report = json.loads((out / "eval.best.beam1.json").read_text())
     assert list(report) == ["test_2016_flickr"]
     r = report["test_2016_flickr"]
+    assert r["checkpoint"] == "saved/tiny/best.pt"
     assert r["sentences"] == 1000 and r["beam_size"] == 1 and f"BLEU signature: {r['bleu_signature']}" == sig
     assert float(row[1]) == pytest.approx(r["bleu"], abs=0.01)
-    hyps = read_lines(out / "test_2016_flickr.beam1.hyp")
+    hyps = read_lines(out / "test_2016_flickr.best.beam1.hyp")
     assert len(hyps) == 1000
     refs = read_lines(next((tmp / "data").glob("*/test_2016_flickr.ref.en")))
     assert BLEU(lowercase=True).corpus_score(hyps, [refs]).score == pytest.approx(r["bleu"], abs=0.01)
+    # another split of the same checkpoint joins the report; another checkpoint gets its own files
+    ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp))
+    assert set(json.loads((out / "eval.best.beam1.json").read_text())) == {"test_2016_flickr", "test_2017_mscoco"}
+    ok(mt("evaluate", "--checkpoint", "saved/tiny/last.pt", "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp))
+    assert list(json.loads((out / "eval.last.beam1.json").read_text())) == ["test_2017_mscoco"]
+    assert (out / "test_2017_mscoco.last.beam1.hyp").is_file() and (out / "test_2017_mscoco.best.beam1.hyp").is_file()
 
 
 def test_translate_keeps_line_count_order_and_empty_lines(run, real_lines, cli):
@@ -265,7 +272,7 @@ def test_evaluate_from_another_folder_finds_the_corpus(tmp_path, run, cli):
     p = cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "ev", "--device", "cpu",
             cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    assert len(read_lines(tmp_path / "ev" / "test_2017_mscoco.beam1.hyp")) == 461
+    assert len(read_lines(tmp_path / "ev" / "test_2017_mscoco.best.beam1.hyp")) == 461
     (tmp_path / "data" / run["cfg"].data.corpus_name).mkdir(parents=True)  # a local data/ wins over the record
     line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--device", "cpu",
                               cwd=tmp_path), 2)

@@ -225,8 +225,11 @@ def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corp
     first = run()
     recs = S.metrics(tmp_path / "result" / S.RUN)
     assert [r["epoch"] for r in recs] == [1, 2] and first["best_epoch"] == 2
+    config_json = tmp_path / "result" / S.RUN / "config.json"
+    started = config_json.stat().st_mtime_ns
     again = _resume(cfg, tmp_path, logs)
     assert S.metrics(tmp_path / "result" / S.RUN) == recs and again["best_epoch"] == 2
+    assert config_json.stat().st_mtime_ns == started  # same config: not rewritten (`mt runs` orders by it)
     longer = load_config(corpus, ["train.epochs=3", "train.max_steps=50", "train.val_bleu=false",
                                   "decode.beam_size=1"])
     _resume(longer, tmp_path, logs)
