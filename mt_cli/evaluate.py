@@ -1,5 +1,5 @@
-"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF), evaluation reports, and the
-validation loss."""
+"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF), evaluation reports, the
+validation loss, and the final test of a training run."""
 from __future__ import annotations
 
 import json
@@ -107,3 +107,36 @@ def format_table(report: dict) -> str:
         rows.append(f"{split:<20} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['beam_size']:>4} {r['sentences_per_s']:>8.0f}")
     sig = next(iter(report.values()))["bleu_signature"] if report else ""
     return "\n".join(rows + [f"BLEU signature: {sig}"])
+
+
+def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, log) -> dict:
+    """Average the last epochs if configured; test the average, or best.pt where it scores higher on the
+    validation set (an early-stopped run averages epochs after its best); every test split, configured beam."""
+    from mt_cli.averaging import average_checkpoints, epoch_checkpoints
+    from mt_cli.checkpoint import load_checkpoint, restore
+
+    best, beam = saved_dir / "best.pt", cfg.decode.beam_size
+    if not best.is_file():
+        log(f"no {best.name}: no epoch improved {cfg.train.best_metric} (was it ever finite?); the final test "
+            f"was skipped")
+        return {}
+
+    def load(p: Path):
+        model, _, codecs = restore(load_checkpoint(p), p)
+        return model.to(dev).eval(), codecs
+
+    path, chosen = best, None
+    if cfg.train.average_last and epoch_checkpoints(saved_dir):
+        avg = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last:], saved_dir / "averaged.pt")
+        log(f"averaged the last {min(cfg.train.average_last, len(epoch_checkpoints(saved_dir)))} epochs -> {avg}")
+        scores = {}
+        for p in (avg, best):
+            scores[p] = evaluate_splits(*load(p), cfg, ["valid"], dev, beam, None, amp_dtype, lambda *_: None)
+        path = avg if scores[avg]["valid"]["bleu"] >= scores[best]["valid"]["bleu"] else best
+        chosen = {p.name: scores[p]["valid"]["bleu"] for p in scores}
+        log(f"valid BLEU with beam {beam}: {', '.join(f'{k} {v:.2f}' for k, v in chosen.items())} -> {path.name}")
+    model, codecs = load(path)
+    tests = sorted(p.stem for p in corpus_dir(cfg.data).glob("test*.pt"))
+    log(f"testing {path.name} with beam {beam} on {', '.join(tests) or 'no test split'}")
+    report = evaluate_splits(model, codecs, cfg, ["valid"] + tests, dev, beam, result_dir, amp_dtype, log, tag="")
+    return {"checkpoint": str(path), **({"valid_bleu_of": chosen} if chosen else {}), **report}

@@ -1,4 +1,4 @@
-"""`mt train`: the training loop (validation with real decoding, checkpoints, logs, final test).
+"""`mt train`: the training loop (validation with real decoding, checkpoints, logs; the final test is in evaluate).
 
 Reliability (README, section "Reliability"): last.pt holds everything needed to continue a run exactly
 (model, optimizer, LR schedule, grad scaler, progress, best metric, early-stopping counter, every
@@ -24,7 +24,7 @@ from mt_cli.config import Config
 from mt_cli.data.batching import batch_plan, iterate, shard
 from mt_cli.data.prepare import corpus_dir, load_corpus
 from mt_cli.data.vocab import PAD
-from mt_cli.evaluate import decode_split, evaluate_splits, score, validation_loss
+from mt_cli.evaluate import decode_split, final_test, score, validation_loss
 from mt_cli.model import build_model
 from mt_cli.runstate import (Signals, check_resume, open_run, restore_training, resume_command, rng_state,
                              seed_all, truncate_metrics, weights_sha256)
@@ -304,36 +304,3 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
     D.barrier()
     D.teardown()
     return summary
-
-
-def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, log) -> dict:
-    """Average the last epochs if configured; test the average, or best.pt where it scores higher on the
-    validation set (an early-stopped run averages epochs after its best); every test split, configured beam."""
-    from mt_cli.averaging import average_checkpoints, epoch_checkpoints
-    from mt_cli.checkpoint import restore
-
-    best, beam = saved_dir / "best.pt", cfg.decode.beam_size
-    if not best.is_file():
-        log(f"no {best.name}: no epoch improved {cfg.train.best_metric} (was it ever finite?); the final test "
-            f"was skipped")
-        return {}
-
-    def load(p: Path):
-        model, _, codecs = restore(load_checkpoint(p), p)
-        return model.to(dev).eval(), codecs
-
-    path, chosen = best, None
-    if cfg.train.average_last and epoch_checkpoints(saved_dir):
-        avg = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last:], saved_dir / "averaged.pt")
-        log(f"averaged the last {min(cfg.train.average_last, len(epoch_checkpoints(saved_dir)))} epochs -> {avg}")
-        scores = {}
-        for p in (avg, best):
-            scores[p] = evaluate_splits(*load(p), cfg, ["valid"], dev, beam, None, amp_dtype, lambda *_: None)
-        path = avg if scores[avg]["valid"]["bleu"] >= scores[best]["valid"]["bleu"] else best
-        chosen = {p.name: scores[p]["valid"]["bleu"] for p in scores}
-        log(f"valid BLEU with beam {beam}: {', '.join(f'{k} {v:.2f}' for k, v in chosen.items())} -> {path.name}")
-    model, codecs = load(path)
-    tests = sorted(p.stem for p in corpus_dir(cfg.data).glob("test*.pt"))
-    log(f"testing {path.name} with beam {beam} on {', '.join(tests) or 'no test split'}")
-    report = evaluate_splits(model, codecs, cfg, ["valid"] + tests, dev, beam, result_dir, amp_dtype, log, tag="")
-    return {"checkpoint": str(path), **({"valid_bleu_of": chosen} if chosen else {}), **report}

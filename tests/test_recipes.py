@@ -77,7 +77,7 @@ def test_average_last_n_epochs(small, tmp_path):
 def test_final_test_keeps_best_when_the_average_is_worse_on_valid(small, tmp_path):
     """Epoch snapshots replaced by untrained weights (as after a collapse): the average loses on valid."""
     from mt_cli.checkpoint import load_checkpoint, save_state
-    from mt_cli.train import final_test
+    from mt_cli.evaluate import final_test
 
     cfg, s = _train(small, "train.epochs=3", "train.average_last=2", "train.val_bleu=false",
                     "train.lr=3e-3", "decode.beam_size=1", tmp=tmp_path)
