@@ -70,8 +70,13 @@ def decode_split(model, codecs, cfg: Config, data: Split, device, beam_size: int
 def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_size: int, out_dir: Path | None,
                     amp_dtype=None, log=print, tag: str = "", checkpoint: str | None = None) -> dict:
     """Decode and score each split; write hypotheses and a JSON report under out_dir (an existing report
-    of the same tag and beam keeps its other splits)."""
+    of the same tag and beam keeps its other splits if they come from the same checkpoint file)."""
     report = {}
+    made = None
+    if checkpoint:  # which file, as of when: a retrained best.pt must not share a report with the old one
+        from datetime import datetime
+
+        made = datetime.fromtimestamp(Path(checkpoint).stat().st_mtime).isoformat()
     for split in splits:
         data, _, refs = load_eval_split(cfg, split)
         if device.type == "cuda":
@@ -85,7 +90,7 @@ def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_
         res.update({"beam_size": beam_size, "seconds": round(secs, 3),
                     "sentences_per_s": round(len(hyps) / max(secs, 1e-9), 1)})
         if checkpoint:
-            res["checkpoint"] = checkpoint
+            res.update(checkpoint=checkpoint, checkpoint_modified=made)
         report[split] = res
         if out_dir is not None:
             write_text(out_dir / f"{split}{tag}.beam{beam_size}.hyp", "".join(h + "\n" for h in hyps))
@@ -97,7 +102,9 @@ def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_
             earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         except ValueError:
             earlier = {}
-        write_json(path, {**(earlier if isinstance(earlier, dict) else {}), **report})
+        same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
+                if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == (checkpoint, made)}
+        write_json(path, {**same, **report})
     return report
 
 

@@ -49,7 +49,7 @@ def find_last(saved_root: str | Path, name: str) -> Path:
     root = Path(saved_root)
     pattern = re.compile(re.escape(name) + r"(-\d+)?")
     found = [d / "last.pt" for d in root.glob(f"{name}*") if pattern.fullmatch(d.name) and (d / "last.pt").is_file()
-             and _run_name(d / "last.pt") in (name, None)]  # not the runs of an experiment named "<name>-2020"
+             and (d.name == name or _run_name(d / "last.pt") in (name, None))]  # not an experiment "<name>-2020"
     if not found:
         raise CheckpointError(f"{root / name / 'last.pt'}: no run named {name!r} to resume under {root}/; "
                               f"start it without --resume, or name a checkpoint with --resume-from PATH")

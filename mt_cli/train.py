@@ -97,25 +97,32 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                       label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, scaler=scaler, log=log)
 
     st = {"epoch": 1, "step": 0, "position": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "elapsed": 0.0,
-          "skipped": 0, "validated": False}  # validated: the epoch of a mid-epoch stop was validated and logged
+          "skipped": 0}
+    validated = None  # best/bad_epochs after validating the epoch in which train.max_steps stopped the run
     if ck is not None:
         restore_training(ck, model=model, opt=opt, schedule=schedule, scaler=scaler, acc=stepper.acc, progress=st,
                          dev=dev, rank=rank, world=world, log=log)
         log(f"resuming {resume_path}: epoch {st['epoch']}, step {st['step']}, batch {st['position']}")
+        validated = ck["train_state"]["progress"].get("validated")
         del ck  # the run no longer needs it: do not hold this copy of the state (~300 MB) for the whole run
     max_steps = cfg.train.max_steps
+    ended = bool(max_steps and st["step"] >= max_steps)
+    if not (ended and validated):  # a larger max_steps finishes that epoch and validates it (again)
+        validated = None
+    st.update(validated or {})
     early = bool(cfg.train.early_stopping and st["bad_epochs"] >= cfg.train.early_stopping)
-    finished = bool(max_steps and st["step"] >= max_steps) or early or st["epoch"] > cfg.train.epochs
+    finished = ended or early or st["epoch"] > cfg.train.epochs
     metrics_path = result_dir / "metrics.jsonl"
     if is_main:
         if resume_path:  # the old summary describes an ended run; a new one comes when this one ends
             (result_dir / "summary.json").unlink(missing_ok=True)
-        if resume_path and not (finished and st["validated"]):  # a finished run keeps its last line
+        if resume_path and not validated:  # a run that ended validated keeps its last line
             dropped = truncate_metrics(metrics_path, st["epoch"])
             if dropped:
                 log(f"{metrics_path}: dropped {dropped} line(s) of epochs the checkpoint had not finished")
         resolved = json.loads(json.dumps(cfg.to_dict()))
-        if _read_json(result_dir / "config.json") != resolved:  # unchanged on resume: `mt runs` orders by its time
+        if _read_json(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
+            # (unchanged on resume: not rewritten, as `mt runs` orders runs by its time)
             import yaml
 
             write_json(result_dir / "config.json", resolved)
@@ -160,7 +167,6 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
         for epoch in range(st["epoch"], cfg.train.epochs + 1):
             if finished:
                 break
-            st["validated"] = False
             plan = shard(batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,
                                     seed=cfg.train.seed, epoch=epoch), rank, world)
             start = min(st["position"], len(plan)) if epoch == st["epoch"] else 0
@@ -274,8 +280,8 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                 jobs.append(last_pt(epoch + 1, 0, rec, weights))
             elif part_last is not None:  # the same point again, now knowing this epoch's validation
                 state = part_last.args[1]
-                progress = {**state["train_state"]["progress"], "best": st["best"], "best_epoch": st["best_epoch"],
-                            "bad_epochs": st["bad_epochs"], "validated": True}
+                progress = {**state["train_state"]["progress"], "validated": {
+                    "best": st["best"], "best_epoch": st["best_epoch"], "bad_epochs": st["bad_epochs"]}}
                 jobs.append(partial(part_last.func, part_last.args[0],
                                     {**state, "train_state": {**state["train_state"], "progress": progress}}))
             if is_main:

@@ -174,6 +174,10 @@ def test_evaluate_prints_the_table_and_writes_reports(run):
     assert set(json.loads((out / "eval.best.beam1.json").read_text())) == {"test_2016_flickr", "test_2017_mscoco"}
     ok(mt("evaluate", "--checkpoint", "saved/tiny/last.pt", "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp))
     assert list(json.loads((out / "eval.last.beam1.json").read_text())) == ["test_2017_mscoco"]
+    t = (tmp / "saved" / "tiny" / "best.pt").stat().st_mtime_ns + 10 ** 9
+    os.utime(tmp / "saved" / "tiny" / "best.pt", ns=(t, t))  # best.pt rewritten (trained further): old scores go
+    ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "valid", "--device", "cpu", cwd=tmp))
+    assert list(json.loads((out / "eval.best.beam1.json").read_text())) == ["valid"]
     assert (out / "test_2017_mscoco.last.beam1.hyp").is_file() and (out / "test_2017_mscoco.best.beam1.hyp").is_file()
 
 

@@ -237,6 +237,23 @@ def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corp
     assert [r["epoch"] for r in recs] == [1, 2, 3] and recs[1]["steps"] == 22  # epoch 2 again, now whole
 
 
+def test_a_max_steps_stop_continued_with_more_steps_equals_an_uninterrupted_run(corpus, tmp_path):
+    """The stopped epoch's validation must not count twice: early stopping after epoch 3 either way."""
+    sets = ["train.epochs=4", "train.early_stopping=2", "train.lr=1e-12", "train.val_bleu=false",
+            "decode.beam_size=1"]
+    whole = _train(corpus, tmp_path / "a", *sets)[2]()
+    cfg, logs, run = _train(corpus, tmp_path / "b", *sets, "train.max_steps=30")
+    run()
+    more = load_config(corpus, sets + ["train.max_steps=1000"])
+    resumed = _resume(more, tmp_path / "b", logs)
+    for key in ("best_epoch", "best_val_loss"):
+        assert resumed[key] == whole[key], key
+    assert [r["epoch"] for r in S.metrics(tmp_path / "b" / "result" / S.RUN)] == [1, 2, 3]
+    ck_a = load_checkpoint(tmp_path / "a" / "saved" / S.RUN / "last.pt")["train_state"]["progress"]
+    ck_b = load_checkpoint(tmp_path / "b" / "saved" / S.RUN / "last.pt")["train_state"]["progress"]
+    assert (ck_a["step"], ck_a["bad_epochs"]) == (ck_b["step"], ck_b["bad_epochs"]) == (66, 2)
+
+
 def test_a_nan_metric_never_becomes_the_best():
     from mt_cli.train import _better
 
