@@ -39,8 +39,10 @@ def _device(name: str):
 
 
 def _check_beam(beam: Optional[int], nbest: int = 1) -> None:
-    if beam is not None and not 1 <= beam <= 64:
-        _fail(f"--beam {beam}: must be in [1, 64]", 2)
+    from mt_cli.config.schema import MAX_BEAM
+
+    if beam is not None and not 1 <= beam <= MAX_BEAM:
+        _fail(f"--beam {beam}: must be in [1, {MAX_BEAM}]", 2)
     if nbest < 1:
         _fail(f"--nbest {nbest}: must be >= 1", 2)
 

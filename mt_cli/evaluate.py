@@ -2,7 +2,6 @@
 validation loss, and the final test of a training run."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from mt_cli import distributed as D
-from mt_cli.atomic import write_json, write_text
+from mt_cli.atomic import read_json, write_json, write_text
 from mt_cli.config import Config
 from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import corpus_dir
@@ -98,10 +97,7 @@ def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_
             f"{res['sentences_per_s']:.0f} sent/s)")
     if out_dir is not None and report:
         path = out_dir / f"eval{tag}.beam{beam_size}.json"
-        try:
-            earlier = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        except ValueError:
-            earlier = {}
+        earlier = read_json(path)
         same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
                 if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == (checkpoint, made)}
         write_json(path, {**same, **report})
@@ -132,17 +128,16 @@ def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, l
         model, _, codecs = restore(load_checkpoint(p), p)
         return model.to(dev).eval(), codecs
 
-    path, chosen = best, None
+    path, chosen, loaded = best, None, {}
     if cfg.train.average_last and epoch_checkpoints(saved_dir):
         avg = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last:], saved_dir / "averaged.pt")
         log(f"averaged the last {min(cfg.train.average_last, len(epoch_checkpoints(saved_dir)))} epochs -> {avg}")
-        scores = {}
-        for p in (avg, best):
-            scores[p] = evaluate_splits(*load(p), cfg, ["valid"], dev, beam, None, amp_dtype, lambda *_: None)
-        path = avg if scores[avg]["valid"]["bleu"] >= scores[best]["valid"]["bleu"] else best
-        chosen = {p.name: scores[p]["valid"]["bleu"] for p in scores}
+        loaded = {p: load(p) for p in (avg, best)}
+        chosen = {p.name: evaluate_splits(*loaded[p], cfg, ["valid"], dev, beam, None, amp_dtype,
+                                          lambda *_: None)["valid"]["bleu"] for p in loaded}
+        path = avg if chosen[avg.name] >= chosen[best.name] else best
         log(f"valid BLEU with beam {beam}: {', '.join(f'{k} {v:.2f}' for k, v in chosen.items())} -> {path.name}")
-    model, codecs = load(path)
+    model, codecs = loaded.get(path) or load(path)
     tests = sorted(p.stem for p in corpus_dir(cfg.data).glob("test*.pt"))
     log(f"testing {path.name} with beam {beam} on {', '.join(tests) or 'no test split'}")
     report = evaluate_splits(model, codecs, cfg, ["valid"] + tests, dev, beam, result_dir, amp_dtype, log, tag="")

@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from mt_cli.atomic import read_json
 from mt_cli.plots import read_metrics, resolve_run
 
 MISSING = "-"
@@ -49,21 +50,14 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def load_run(folder: Path) -> dict:
     """What the table shows about one run (missing files give missing values, never an error)."""
-    cfg = _read_json(folder / "config.json")
+    cfg = read_json(folder / "config.json")
     try:
         recs = read_metrics(folder)
     except ValueError:
         recs = []
-    summary = _read_json(folder / "summary.json") or {}
+    summary = read_json(folder / "summary.json") or {}
     bleus = [r["val_bleu"] for r in recs if _finite(r.get("val_bleu"))]
     losses = [r["val_loss"] for r in recs if _finite(r.get("val_loss"))]
     test = {k: v["bleu"] for k, v in (summary.get("test") or {}).items()

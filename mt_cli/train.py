@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from mt_cli import distributed as D
-from mt_cli.atomic import append_line, write_json, write_text
+from mt_cli.atomic import append_line, read_json, write_json, write_text
 from mt_cli.averaging import keep_epoch_checkpoint
 from mt_cli.checkpoint import checkpoint_state, load_checkpoint, save_state
 from mt_cli.config import Config
@@ -35,13 +35,6 @@ from mt_cli.writer import Writer, snapshot
 
 class TrainingStopped(RuntimeError):
     """Training ended early for a reason the user must see (non-finite losses, OOM, signal)."""
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _better(metric: str, new: float, best: float | None) -> bool:
@@ -121,7 +114,7 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
             if dropped:
                 log(f"{metrics_path}: dropped {dropped} line(s) of epochs the checkpoint had not finished")
         resolved = json.loads(json.dumps(cfg.to_dict()))
-        if _read_json(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
+        if read_json(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
             # (unchanged on resume: not rewritten, as `mt runs` orders runs by its time)
             import yaml
 

@@ -13,6 +13,9 @@ class ConfigError(ValueError):
     """A config problem, reported to users as one line naming the key (and file)."""
 
 
+MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
+
+
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         e = ConfigError(f"{key}: {msg}")
@@ -155,7 +158,7 @@ class TrainConfig:
         _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
         _check(self.save_every >= 0, "train.save_every", "must be >= 0 (0: save last.pt only at epoch ends)")
         _check(self.early_stopping is None or self.early_stopping >= 1, "train.early_stopping", "must be >= 1 or null")
-        _check(1 <= self.val_beam_size <= 64, "train.val_beam_size", "must be in [1, 64]")
+        _check(1 <= self.val_beam_size <= MAX_BEAM, "train.val_beam_size", f"must be in [1, {MAX_BEAM}]")
         _check(0 <= self.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
         _check(self.val_bleu or self.best_metric != "val_bleu", "train.best_metric",
                "val_bleu needs train.val_bleu: true (or choose val_loss)")
@@ -173,7 +176,7 @@ class DecodeConfig:
     nbest: int = 1
 
     def validate(self) -> None:
-        _check(1 <= self.beam_size <= 64, "decode.beam_size", "must be in [1, 64]")
+        _check(1 <= self.beam_size <= MAX_BEAM, "decode.beam_size", f"must be in [1, {MAX_BEAM}]")
         _check(self.length_penalty >= 0, "decode.length_penalty", "must be >= 0")
         _check(self.max_len_a >= 0 and self.max_len_b >= 1, "decode.max_len_b", "max_len_a >= 0 and max_len_b >= 1")
         _check(self.batch_size >= 1, "decode.batch_size", "must be >= 1")
