@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# One GPU session, every figure of the README's results table in one go (run from the repo root):
+# One GPU session, every figure of the README's results table in one go (run from the repo root), in order
+# of value, each stage capped by the time left (TOTAL) and its results copied to $OUT as soon as it ends:
 #   1. `mt train` with the default config (quality, time per epoch, time to BLEU, whole-run time)
 #   2. `mt bench` on the peer-sized config (CUDA graphs, then eager for comparison) and on the default
 #   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU
-#   4. recipe variants of the default config while time is left (\$VARIANTS; time to BLEU per run)
+#   4. decoding extras: larger decoding batches, per-operator profiles of beam 5 and greedy
+#   5. recipe variants of the default config while time is left ($VARIANTS; time to BLEU per run)
 # Needs: what benchmarks/prepare_gpu_payload.sh builds (prepared corpora in data/, spaCy is not needed
 # for training; for the peer .gpu/{peers/joeynmt,whl,data/multi30k}). Writes $OUT/{summary.txt,results.tar.gz}.
 # DRY=1 runs every stage for a few steps on the CPU to check the script itself. STAGES=train,bench runs only
@@ -13,14 +15,22 @@ OUT="${OUT:-/tmp/gpu_out}"
 PY="${PY:-python3}"
 TOTAL="${TOTAL:-560}"      # seconds this script may take
 RUNS="${RUNS:-runs}"
-STAGES="${STAGES:-train,bench,peer,variants}"   # a subset splits the work over two device calls
+STAGES="${STAGES:-train,bench,peer,extras,variants}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$RUNS/logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+left() { echo $(( TOTAL - ($(date +%s) - T0) - 12 )); }   # 12 s kept for packing
+cap() { local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"; }  # a stage's timeout
 want() { [[ ",$STAGES," == *",$1,"* ]]; }
 say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$RUNS/logs/timeline.txt"; }
 quiet() { tr '\r' '\n' | grep -vE '[0-9]+/[0-9]+ \[|it/s\]|s/it\]|^\s*$'; }
+pack() {  # what is done so far, to $OUT (a command killed at its limit still returns these)
+  $PY benchmarks/time_to_bleu.py "$RUNS"/result/*/metrics.jsonl > "$RUNS/logs/time_to_bleu.txt" 2>&1
+  tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='tensorboard' "$RUNS" 2>/dev/null
+  { cat "$RUNS/logs/env.txt" "$RUNS/logs/timeline.txt" "$RUNS/logs/time_to_bleu.txt"
+    for f in "$RUNS"/result/*/summary.json "$RUNS"/bench_*.json; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done
+    cat "$RUNS/peer/summary.md" 2>/dev/null; } > "$OUT/summary.txt"
+}
 MT="$PY -m mt_cli"
 SET=(); BSET=(); BSTEPS=400; DEV=cuda
 if [ "${DRY:-0}" = "1" ]; then
@@ -35,11 +45,12 @@ say "env: $(tr '\n' ' ' < "$RUNS/logs/env.txt")"
 
 # ---- 1. default training -----------------------------------------------------------------------
 if want train; then
-say "train default"
-TS=$(date +%s)
-timeout 330 $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" \
-  "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_default.log"
-say "train default rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"; tail -25 "$RUNS/logs/train_default.log"
+  say "train default"
+  TS=$(date +%s)
+  timeout "$(cap 330)" $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" \
+    "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_default.log"
+  say "train default rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"; tail -25 "$RUNS/logs/train_default.log"
+  pack
 fi
 # the checkpoint the final test chose (averaged.pt, or best.pt where that did better on valid)
 CK=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['test']['checkpoint'])" \
@@ -47,66 +58,72 @@ CK=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['test']['checkp
 
 # ---- 2. benchmarks ------------------------------------------------------------------------------
 if want bench; then
-say "bench peer-sized (graphs)"
-timeout 120 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $BSTEPS --out "$RUNS/bench_peer_graphs.json" \
-  "${BSET[@]}" 2>&1 | quiet | tail -4
-say "bench peer-sized (eager)"
-timeout 90 $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $(( BSTEPS / 2 )) --set train.cuda_graphs=false \
-  --out "$RUNS/bench_peer_eager.json" "${BSET[@]}" 2>&1 | quiet | tail -2
-say "bench default (+ trained model translation)"
-timeout 120 $MT bench --device $DEV --steps $BSTEPS --checkpoint "$CK" --out "$RUNS/bench_default.json" 2>&1 | quiet | tail -2
-for bs in 1000 2000; do  # fewer, larger decoding batches: launch-bound steps at 500 sentences (x5 beams)?
-  say "bench default translation only, decode.batch_size=$bs"
-  timeout 60 $MT bench --device $DEV --no-training --checkpoint "$CK" --set decode.batch_size=$bs \
-    --out "$RUNS/bench_default_bs$bs.json" "${BSET[@]}" 2>&1 | quiet | grep -A12 '"translation"'
-done
-for k in 5 1; do  # where decoding time goes (operators by GPU time), for the next round of tuning
-  say "profile decoding, beam $k"
-  timeout 60 $PY benchmarks/profile_decode.py "$CK" --beam $k --device $DEV > "$RUNS/logs/profile_beam$k.txt" 2>&1
-  head -1 "$RUNS/logs/profile_beam$k.txt"
-done
+  say "bench peer-sized (graphs)"
+  timeout "$(cap 120)" $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $BSTEPS \
+    --out "$RUNS/bench_peer_graphs.json" "${BSET[@]}" 2>&1 | quiet | tail -4
+  say "bench peer-sized (eager)"
+  timeout "$(cap 90)" $MT bench -c configs/peer_joeynmt.yaml --device $DEV --steps $(( BSTEPS / 2 )) \
+    --set train.cuda_graphs=false --out "$RUNS/bench_peer_eager.json" "${BSET[@]}" 2>&1 | quiet | tail -2
+  say "bench default (+ trained model translation)"
+  timeout "$(cap 120)" $MT bench --device $DEV --steps $BSTEPS --checkpoint "$CK" \
+    --out "$RUNS/bench_default.json" 2>&1 | quiet | tail -2
+  pack
 fi
 
-# ---- 3. the peer, same GPU ----------------------------------------------------------------------
+# ---- 3. the peer, same GPU (its nn.Transformer microbenchmark is skipped unless PEER_MB_TIMEOUT is set) --
 if want peer; then
-if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ]; then
-  say "peer harness"
-  WHEELS=$PWD/.gpu/whl DATA=$PWD/.gpu/data/multi30k OUT=$PWD/$RUNS/peer WORK=/tmp/joey_work BUDGET=200 \
-    TRAIN_WALL=90 RESERVE=70 EPOCHS=6 MB_TIMEOUT=45 TEST_TIMEOUT=60 \
-    timeout -s KILL 290 bash .gpu/peers/joeynmt/run.sh > "$RUNS/logs/peer.log" 2>&1
-  say "peer rc=$?"; tail -30 "$RUNS/peer/summary.md" 2>/dev/null
-elif [ "${DRY:-0}" != "1" ]; then
-  say "peer harness SKIPPED: .gpu/peers/joeynmt is missing (run benchmarks/prepare_gpu_payload.sh and carry .gpu)"
-fi
+  PB=$(cap 200)
+  if [ "${DRY:-0}" != "1" ] && [ -d .gpu/peers/joeynmt ] && [ "$PB" -ge 120 ]; then
+    say "peer harness (budget ${PB}s)"
+    WHEELS=$PWD/.gpu/whl DATA=$PWD/.gpu/data/multi30k OUT=$PWD/$RUNS/peer WORK=/tmp/joey_work BUDGET=$PB \
+      TRAIN_WALL=$(( PB - 120 )) RESERVE=100 EPOCHS=6 MB_TIMEOUT="${PEER_MB_TIMEOUT:-1}" TEST_TIMEOUT=45 \
+      timeout -s KILL $(( PB + 20 )) bash .gpu/peers/joeynmt/run.sh > "$RUNS/logs/peer.log" 2>&1
+    say "peer rc=$?"; tail -30 "$RUNS/peer/summary.md" 2>/dev/null
+  elif [ "${DRY:-0}" != "1" ]; then
+    say "peer harness SKIPPED: .gpu/peers/joeynmt missing or ${PB}s left"
+  fi
+  pack
 fi
 
-# ---- 4. recipe variants of the default config, side by side on the GPU while time is left. They share
-if want variants; then
+# ---- 4. decoding extras: larger batches (launch-bound steps at 500 sentences x 5 beams?), profiles --------
+if want extras; then
+  for bs in 1000 2000; do
+    [ "$(left)" -lt 30 ] && break
+    say "bench default translation only, decode.batch_size=$bs"
+    timeout "$(cap 60)" $MT bench --device $DEV --no-training --checkpoint "$CK" --set decode.batch_size=$bs \
+      --out "$RUNS/bench_default_bs$bs.json" "${BSET[@]}" 2>&1 | quiet | grep -A12 '"translation"'
+  done
+  for k in 5 1; do
+    [ "$(left)" -lt 25 ] && break
+    say "profile decoding, beam $k"
+    timeout "$(cap 60)" $PY benchmarks/profile_decode.py "$CK" --beam $k --device $DEV > "$RUNS/logs/profile_beam$k.txt" 2>&1
+    head -1 "$RUNS/logs/profile_beam$k.txt"
+  done
+  pack
+fi
+
+# ---- 5. recipe variants of the default config, side by side on the GPU while time is left. They share
 # the GPU, so their wall times do not count: what counts is their BLEU and the epoch at which validation
 # BLEU first reaches 37.4 (time to BLEU = that many epochs at the default run's epoch time).
 # VARIANTS: "name --set k=v ..." separated by ';' (default: faster-learning schedules for time to BLEU).
-VARIANTS="${VARIANTS:-v_lr1e3 --set train.lr=1e-3 --set train.warmup_steps=500;v_preln --set model.norm=pre --set train.lr=1e-3 --set train.warmup_steps=500}"
-T=$(( $(left) - 25 ))
-if [ "$T" -ge 60 ]; then
-  IFS=';' read -ra VLIST <<< "$VARIANTS"
-  for v in "${VLIST[@]}"; do
-    v="${v# }"; name=${v%% *}; args=""; [[ "$v" == *" "* ]] && args=${v#* }
-    say "variant $name (timeout ${T}s): $args"
-    # shellcheck disable=SC2086 - args is a list of --set options
-    timeout $T $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" --set name=$name $args \
-      "${SET[@]}" > "$RUNS/logs/variant_$name.log" 2>&1 &
-  done
-  wait
-  for f in "$RUNS"/logs/variant_*.log; do echo "== $f"; quiet < "$f" | grep -E "^(epoch|valid|test_)" | tail -6; done
-else
-  say "no time left for variants (${T}s)"
+if want variants; then
+  VARIANTS="${VARIANTS:-v_lr1e3 --set train.lr=1e-3 --set train.warmup_steps=500;v_preln --set model.norm=pre --set train.lr=1e-3 --set train.warmup_steps=500}"
+  T=$(left)
+  if [ "$T" -ge 60 ] || [ "${DRY:-0}" = "1" ]; then
+    IFS=';' read -ra VLIST <<< "$VARIANTS"
+    for v in "${VLIST[@]}"; do
+      v="${v# }"; name=${v%% *}; args=""; [[ "$v" == *" "* ]] && args=${v#* }
+      say "variant $name (timeout ${T}s): $args"
+      # shellcheck disable=SC2086 - args is a list of --set options
+      timeout "$T" $MT train --device $DEV --saved "$RUNS/saved" --result "$RUNS/result" --set name=$name $args \
+        "${SET[@]}" > "$RUNS/logs/variant_$name.log" 2>&1 &
+    done
+    wait
+    for f in "$RUNS"/logs/variant_*.log; do echo "== $f"; quiet < "$f" | grep -E "^(epoch|valid|test_)" | tail -6; done
+  else
+    say "no time left for variants (${T}s)"
+  fi
 fi
-fi
-$PY benchmarks/time_to_bleu.py "$RUNS"/result/*/metrics.jsonl | tee "$RUNS/logs/time_to_bleu.txt"
-
-# ---- pack ---------------------------------------------------------------------------------------
 say "done"
-tar czf "$OUT/results.tar.gz" --exclude='*.pt' --exclude='tensorboard' "$RUNS" 2>/dev/null
-{ cat "$RUNS/logs/env.txt"; cat "$RUNS/logs/timeline.txt"; cat "$RUNS/logs/time_to_bleu.txt"
-  for f in "$RUNS"/result/*/summary.json "$RUNS"/bench_*.json; do [ -f "$f" ] && { echo "== $f"; cat "$f"; }; done
-  cat "$RUNS/peer/summary.md" 2>/dev/null; } > "$OUT/summary.txt"
+pack
+cat "$RUNS/logs/time_to_bleu.txt"
