@@ -9,6 +9,7 @@ from mt_cli.config import DecodeConfig
 from mt_cli.data.batching import Split
 from mt_cli.data.vocab import BOS, EOS, PAD
 from mt_cli.decode import _max_lengths, beam_search, greedy_search, length_penalty, translate_ids
+from mt_cli.model.attention import MultiHeadAttention
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,24 @@ def test_translate_ids_restores_training_mode(model, sources):
         assert model.training
     finally:
         model.eval()
+
+
+def test_decoding_keeps_the_cudnn_attention_backend_out(model, sources):
+    """cuDNN's SDPA builds a plan per new shape (seconds per decoding batch on a GPU): decoding runs without
+    it, and the process-wide backend flags are as before afterwards."""
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+             for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for beam in (1, 2):
+            seen.clear()
+            translate_ids(model, sources[:3], DecodeConfig(beam_size=beam), torch.device("cpu"))
+            assert seen and not any(seen)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
 
 
 def test_search_never_emits_pad_or_bos(sources, prepared):
