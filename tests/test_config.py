@@ -13,6 +13,14 @@ def write(tmp_path, text: str, name: str = "exp.yaml"):
     return p
 
 
+def config_error(tmp_path, text: str):
+    """The config file written from `text`, and the one-line error loading it raises."""
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    return p, str(e.value)
+
+
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     cfg = load_config(path)
@@ -47,10 +55,7 @@ def test_integer_where_a_float_is_expected_becomes_float(tmp_path):
     ("decode:\n  beam: 4\n", "decode.beam"),
 ])
 def test_unknown_key(tmp_path, text, key):
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as e:
-        load_config(p)
-    msg = str(e.value)
+    p, msg = config_error(tmp_path, text)
     assert str(p) in msg and f"{key}: unknown key" in msg
     assert "\n" not in msg
 
@@ -68,10 +73,8 @@ def test_unknown_key(tmp_path, text, key):
     ("model: 5\n", "model"),                              # a section
 ])
 def test_wrong_type(tmp_path, text, key):
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as e:
-        load_config(p)
-    assert str(e.value).startswith(f"{p}: {key}: ")
+    p, msg = config_error(tmp_path, text)
+    assert msg.startswith(f"{p}: {key}: ")
 
 
 @pytest.mark.parametrize("text,key", [
@@ -98,10 +101,8 @@ def test_wrong_type(tmp_path, text, key):
     ("train:\n  best_metric: val_bleu\n  val_bleu: false\n", "train.best_metric"),
 ])
 def test_out_of_range(tmp_path, text, key):
-    p = write(tmp_path, text)
-    with pytest.raises(ConfigError) as e:
-        load_config(p)
-    assert str(e.value).startswith(f"{p}: {key}: ")
+    p, msg = config_error(tmp_path, text)
+    assert msg.startswith(f"{p}: {key}: ")
 
 
 def test_file_problems(tmp_path):
