@@ -127,7 +127,8 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
 # Every decoding batch (and step) brings new attention shapes, and the cuDNN backend of SDPA, which torch
 # 2.11 tries first for masked attention on Hopper, builds an execution plan per new shape (~0.4 s each):
 # on an H200 a cold batch of 500 sentences took 1.9 s against 0.25 s for 1,000 warm. The other fused
-# kernels have no per-shape set-up. Training keeps cuDNN: its few padded shapes are captured once.
+# kernels have no per-shape set-up (on an H100, beam 5 went from ~300 to 3,254 sentences/s in `mt train`'s
+# final test). Training keeps cuDNN: its few padded shapes are captured once.
 DECODE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
