@@ -24,14 +24,29 @@ RESUMABLE_CHANGES = ("name", "data.root", "train.epochs", "train.max_steps", "tr
                      "train.max_oom", "train.tensorboard", "decode.")
 
 
-def run_folders(cfg: Config, saved_root: str, result_root: str, resume: bool) -> tuple[Path, Path]:
-    name = cfg.name
-    if not resume:  # never overwrite an earlier run: add a numeric suffix
-        n = 1
-        while (Path(saved_root) / name).exists() or (Path(result_root) / name).exists():
-            n += 1
-            name = f"{cfg.name}-{n}"
-    return Path(saved_root) / name, Path(result_root) / name
+def run_folders(cfg: Config, saved_root: str, result_root: str, claim: bool = False) -> tuple[Path, Path]:
+    """The folders of a new run, saved/<name> and result/<name>, with a numeric suffix where either exists:
+    a run never overwrites another. `claim` creates them atomically, so runs of one config started at the
+    same moment (a sweep) each get their own."""
+    n = 0
+    while True:
+        n += 1
+        name = cfg.name if n == 1 else f"{cfg.name}-{n}"
+        saved, result = Path(saved_root) / name, Path(result_root) / name
+        if saved.exists() or result.exists():
+            continue
+        if not claim:
+            return saved, result
+        try:
+            saved.mkdir(parents=True)  # exactly one process creates it
+        except FileExistsError:
+            continue
+        try:
+            result.mkdir(parents=True)
+        except FileExistsError:  # appeared meanwhile without its saved/ twin: leave the name to its owner
+            saved.rmdir()
+            continue
+        return saved, result
 
 
 def _run_name(last: Path) -> str | None:
@@ -65,7 +80,7 @@ def open_run(cfg: Config, resume, saved_root: str, result_root: str) -> tuple[Pa
             load_checkpoint(resume_path)
         saved_dir, result_dir = resume_path.parent, Path(result_root) / resume_path.parent.name
     else:
-        saved_dir, result_dir = run_folders(cfg, saved_root, result_root, resume=False)
+        saved_dir, result_dir = run_folders(cfg, saved_root, result_root)  # claimed once the run can start
     check_writable(saved_dir)  # creates nothing yet: train() makes the folders once the run can start
     check_writable(result_dir)
     remove_stale_temps(saved_dir)

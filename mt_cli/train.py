@@ -27,7 +27,7 @@ from mt_cli.data.vocab import PAD
 from mt_cli.evaluate import decode_split, final_test, score, validation_loss
 from mt_cli.model import build_model
 from mt_cli.runstate import (Signals, check_resume, open_run, restore_training, resume_command, rng_state,
-                             seed_all, truncate_metrics, weights_sha256)
+                             run_folders, seed_all, truncate_metrics, weights_sha256)
 from mt_cli.schedule import LRSchedule
 from mt_cli.steps import BAD_RUN, LOSS, SKIPPED, STEPS, TOKENS, Stepper, build_optimizer, resolve_precision
 from mt_cli.writer import Writer, snapshot
@@ -67,7 +67,9 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
         check_resume(ck, cfg, resume_path, result_dir, log)
 
     codecs, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
-    if is_main:  # the run can start: claim its name (the next run of this config gets -2)
+    if not resume_path:  # the run can start: claim its name (the next run of this config gets -2)
+        saved_dir, result_dir = D.on_main(run_folders, cfg, saved_root, result_root, claim=True)
+    elif is_main:
         saved_dir.mkdir(parents=True, exist_ok=True)
         result_dir.mkdir(parents=True, exist_ok=True)
     seed_all(cfg.train.seed)

@@ -143,8 +143,29 @@ def test_second_run_gets_its_own_folders(run):
     """A new run of the same config never overwrites the first (checked without training: the folders exist)."""
     from mt_cli.runstate import run_folders
 
-    saved, result = run_folders(run["cfg"], str(run["tmp"] / "saved"), str(run["tmp"] / "result"), resume=False)
+    saved, result = run_folders(run["cfg"], str(run["tmp"] / "saved"), str(run["tmp"] / "result"))
     assert saved.name == result.name == "tiny-2"
+
+
+def test_runs_of_one_config_started_at_once_claim_different_folders(run, tmp_path):
+    """A sweep starting the same config several times at the same moment: each run claims its own folders."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mt_cli.runstate import run_folders
+
+    (tmp_path / "result" / "tiny-3").mkdir(parents=True)  # a run whose saved/ folder was deleted keeps its name
+    start = threading.Barrier(8)
+
+    def claim(_):
+        start.wait()
+        return run_folders(run["cfg"], str(tmp_path / "saved"), str(tmp_path / "result"), claim=True)
+
+    with ThreadPoolExecutor(8) as pool:
+        claimed = list(pool.map(claim, range(8)))
+    names = sorted(s.name for s, _ in claimed)
+    assert all(s.name == r.name and s.is_dir() and r.is_dir() for s, r in claimed)
+    assert names == sorted(["tiny"] + [f"tiny-{n}" for n in (2, 4, 5, 6, 7, 8, 9)])
 
 
 def test_evaluate_prints_the_table_and_writes_reports(run):
