@@ -80,8 +80,8 @@ def open_run(cfg: Config, resume, saved_root: str, result_root: str) -> tuple[Pa
             load_checkpoint(resume_path)
         saved_dir, result_dir = resume_path.parent, Path(result_root) / resume_path.parent.name
     else:
-        saved_dir, result_dir = run_folders(cfg, saved_root, result_root)  # claimed once the run can start
-    check_writable(saved_dir)  # creates nothing yet: train() makes the folders once the run can start
+        saved_dir, result_dir = run_folders(cfg, saved_root, result_root)
+    check_writable(saved_dir)  # creates nothing yet: train() claims the folders once the run can start
     check_writable(result_dir)
     remove_stale_temps(saved_dir)
     remove_stale_temps(result_dir)
