@@ -238,3 +238,42 @@ def test_sinusoidal_positions_extend_past_max_positions():
 def test_unknown_scoring_is_refused():
     with pytest.raises(ValueError, match="unknown attention scoring"):
         MultiHeadAttention(16, 2, scoring="cosine")
+
+
+def sinusoid_formula(n: int, d: int) -> torch.Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), one entry at a time."""
+    pe = torch.empty(n, d, dtype=torch.float64)
+    for pos in range(n):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            pe[pos, 2 * i], pe[pos, 2 * i + 1] = math.sin(angle), math.cos(angle)
+    return pe
+
+
+@pytest.mark.parametrize("d", [8, 32])
+def test_sinusoidal_table_is_the_formula(d):
+    from mt_cli.model.layers import sinusoidal_table
+
+    table = sinusoidal_table(60, d)
+    assert table.shape == (60, d)
+    # float32 sin/cos of angles up to 59 rad: ~1e-5 absolute
+    assert torch.allclose(table.double(), sinusoid_formula(60, d), atol=1e-4)
+    # two points worked by hand: position 1, dimensions 0/1 (rate 1) and the last pair (rate 10000^(-(d-2)/d))
+    assert table[1, 0].item() == pytest.approx(math.sin(1.0), abs=1e-6)
+    assert table[1, 1].item() == pytest.approx(math.cos(1.0), abs=1e-6)
+    assert table[1, d - 2].item() == pytest.approx(math.sin(10000 ** (-(d - 2) / d)), abs=1e-6)
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_embeddings_are_tokens_times_sqrt_d_plus_positions(positional):
+    """Vaswani et al. §3.4: embedding weights × √d_model, plus the position encoding of each index."""
+    model = small_model(positional=positional, max_positions=16)
+    emb = model.src_embed
+    ids = random_ids(2, 7, 50, torch.Generator().manual_seed(5))
+    ids[1, 5:] = PAD
+    positions = sinusoid_formula(16, 32).float() if positional == "sinusoidal" else emb.pos.weight.detach()
+    with torch.no_grad():
+        want = emb.tok.weight[ids] * math.sqrt(32) + positions[:7]
+        assert torch.allclose(emb(ids), want, atol=1e-4)
+        # an offset (incremental decoding) takes positions from there on
+        assert torch.allclose(emb(ids[:, 3:5], offset=3), want[:, 3:5], atol=1e-4)
