@@ -53,11 +53,102 @@ def sequence_logprob(model, src_row: torch.Tensor, hyp: list[int], limit: int) -
     return total + (0.0 if len(targets) >= limit else float(logp[len(hyp), EOS]))
 
 
+def gnmt_penalty(length: int, alpha: float) -> float:
+    """Wu et al. 2016, eq. 14: lp(Y) = (5 + |Y|)^α / (5 + 1)^α, written here so the tests have their own oracle."""
+    return (5 + length) ** alpha / 6 ** alpha
+
+
+@pytest.mark.parametrize("length, alpha, want", [(1, 1.0, 1.0), (1, 0.6, 1.0), (7, 1.0, 2.0), (13, 0.5, 3 ** 0.5),
+                                                 (25, 2.0, 25.0), (9, 0.0, 1.0)])
+def test_length_penalty_closed_form(length, alpha, want):
+    assert length_penalty(length, alpha) == pytest.approx(want, rel=1e-12)
+    assert gnmt_penalty(length, alpha) == pytest.approx(want, rel=1e-12)
+    as_tensor = length_penalty(torch.tensor([length, 1], dtype=torch.float64), alpha)
+    assert as_tensor.tolist() == pytest.approx([want, 1.0], rel=1e-12)
+
+
+def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) -> list[tuple[tuple[int, ...], float]]:
+    """Every output of up to `limit` tokens (incl. <eos>) over the model's real tokens (<unk> and ids >= 4; <pad>
+    and <bos> never follow), scored log P(y + <eos>) / lp(|y| + 1) with the forced <eos> at the limit free;
+    best first."""
+    vocab = model.generator.out_features
+    tokens = [t for t in range(vocab) if t not in (PAD, BOS, EOS)]
+    seqs = [()]
+    for n in range(1, limit):
+        seqs += [s + (t,) for s in seqs if len(s) == n - 1 for t in tokens]
+    tgt_in = torch.full((len(seqs), limit), PAD)
+    tgt_in[:, 0] = BOS
+    for r, s in enumerate(seqs):
+        tgt_in[r, 1: len(s) + 1] = torch.tensor(s, dtype=torch.long)
+    with torch.no_grad():  # causal decoder: the padding after a sequence never changes its own positions
+        logp = torch.log_softmax(model(src_row[None].expand(len(seqs), -1), tgt_in).double(), -1)
+    ranked = []
+    for r, s in enumerate(seqs):
+        total = sum(float(logp[r, t, tok]) for t, tok in enumerate(s))
+        if len(s) + 1 < limit:
+            total += float(logp[r, len(s), EOS])
+        ranked.append((s, total / gnmt_penalty(len(s) + 1, alpha)))
+    return sorted(ranked, key=lambda x: -x[1])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0, 2.0])
+def test_wide_beam_finds_the_brute_force_best(alpha):
+    """A 7-word target vocabulary (4 real tokens) and outputs of at most 5 tokens: 341 possible translations. A
+    beam of 341 keeps them all, so its n best must be the exhaustive ranking, scores included."""
+    model = small_model(src_vocab=9, tgt_vocab=7, seed=1, d_model=16, n_heads=2, enc_layers=1, dec_layers=1)
+    with torch.no_grad():  # peaked, and <eos> unlikely enough that short and long outputs compete
+        model.generator.weight.mul_(3)
+        model.generator.bias[EOS] = -2.0
+    src = torch.tensor([[5, 8, 4, EOS], [7, 6, EOS, PAD]])
+    got = beam_search(model, src, beam_size=341, alpha=alpha, max_len_a=0.0, max_len_b=5, nbest=10)
+    for row, nbest in zip(src, got):
+        want = brute_force_ranking(model, row, 5, alpha)[:10]
+        assert [tuple(h) for h, _ in nbest[:3]] == [s for s, _ in want[:3]]
+        assert [s for _, s in nbest] == pytest.approx([s for _, s in want], abs=1e-4)
+    # the best output's length depends on α (empty at α=0, the full 4 tokens at α=2): the penalty decides the ranking
+    assert [len(brute_force_ranking(model, src[0], 5, a)[0][0]) for a in (0.0, 2.0)] == [0, 4]
+
+
 def test_beam_of_one_is_greedy(model, sources):
     greedy = greedy_search(model, sources)
     beam = beam_search(model, sources, beam_size=1)
     assert [b[0][0] for b in beam] == greedy
     assert len({len(h) for h in greedy}) >= 8  # the comparison covers many lengths
+
+
+def count_decoder_steps(model):
+    """A forward hook on the output layer: one call per decoding step (each step predicts one position)."""
+    calls = []
+    return calls, model.generator.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_greedy_stops_once_every_sentence_has_ended(model, sources):
+    """A sentence is done at its <eos>: once all are, decoding stops (at the next of its every-4-steps checks)
+    instead of running every row to the longest length limit."""
+    limits = _max_lengths(model, sources, 1.5, 10)
+    lens = [len(h) + 1 for h in greedy_search(model, sources)]  # + <eos>
+    early = torch.tensor([i for i, (n, lim) in enumerate(zip(lens, limits.tolist())) if n + 4 <= lim])
+    assert len(early) >= 4 and len({lens[i] for i in early.tolist()}) >= 3
+    calls, hook = count_decoder_steps(model)
+    try:
+        hyps = greedy_search(model, sources[early], check_every=4)
+    finally:
+        hook.remove()
+    longest = max(lens[i] for i in early.tolist())
+    assert len(calls) == -(-longest // 4) * 4 < int(limits[early].max())
+    assert [len(h) + 1 for h in hyps] == [lens[i] for i in early.tolist()]
+
+
+def test_a_sentence_that_ends_early_leaves_the_others_as_alone(model, sources):
+    """Rows of a batch never see each other: the shortest output's <eos> (then padding) changes no other row."""
+    hyps = greedy_search(model, sources)
+    short = min(range(len(hyps)), key=lambda i: len(hyps[i]))
+    assert len(hyps[short]) + 1 < max(len(h) + 1 for h in hyps)
+    for i in range(len(hyps)):
+        pair = greedy_search(model, sources[[short, i]])
+        alone = greedy_search(model, sources[i: i + 1, : int((sources[i] != PAD).sum())])
+        assert pair == [hyps[short], hyps[i]] and alone == [hyps[i]]
+        assert all(t not in (EOS, PAD, BOS) for t in hyps[i])
 
 
 def test_beam_of_one_is_greedy_through_translate_ids(model, sources):
@@ -80,7 +171,7 @@ def test_beam_nbest_sorted_and_scores_are_real(model, sources, alpha):
         for hyp, s in nbest:
             assert EOS not in hyp and BOS not in hyp and PAD not in hyp
             lim = int(limits[i])
-            want = sequence_logprob(model, sources[i], hyp, lim) / length_penalty(len(hyp) + 1, alpha)
+            want = sequence_logprob(model, sources[i], hyp, lim) / gnmt_penalty(len(hyp) + 1, alpha)
             assert s == pytest.approx(want, abs=1e-3)
 
 
