@@ -2,10 +2,10 @@
 training: curves.png refreshed after every epoch, optional TensorBoard scalars."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from mt_cli.atomic import atomic_path
+from mt_cli.safe_parse import MAX_JSONL_BYTES, parse_json, read_bytes
 
 CURVES = "curves.png"
 CURVES_SIZE = (12.0, 8.0)  # inches; at CURVES_DPI the PNG is 1200 × 800 pixels
@@ -14,14 +14,14 @@ CURVES_DPI = 100
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The per-epoch records of a run, in order; a record for an epoch that was repeated (a resumed
-    run) replaces the earlier one; unreadable lines (a torn write) are skipped."""
+    run) replaces the earlier one; unreadable lines (a torn write, bad UTF-8, nested too deep) are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir}: no metrics.jsonl (not a training run, or no epoch finished yet)")
     by_epoch: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_bytes(path, MAX_JSONL_BYTES, "metrics log").decode("utf-8", errors="replace").splitlines():
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("epoch"), int):

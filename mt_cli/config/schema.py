@@ -4,9 +4,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
+
+from mt_cli.safe_parse import short
 
 
 class ConfigError(ValueError):
@@ -14,6 +17,9 @@ class ConfigError(ValueError):
 
 
 MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
+MAX_LR = 1.0  # Adam's step is about lr per weight: above 1 training only diverges
+MAX_LENGTH_PENALTY = 5.0  # GNMT alpha: 0-2 in practice; the penalty ((5+len)/6)^alpha overflows beyond
+MAX_LEN_A = 10.0  # outputs of 10x the source length are runaway decoding (they stop at model.max_positions)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -23,10 +29,20 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise e
 
 
+def _check_float(value: float, key: str, low: float, high: float | None = None, *, low_open: bool = False,
+                 high_open: bool = False, high_name: str = "") -> None:
+    """A float key: finite and in its range (the README's config table states each range)."""
+    above = value > low if low_open else value >= low
+    below = high is None or (value < high if high_open else value <= high)
+    upper = "inf)" if high is None else f"{high_name or f'{high:g}'}{')' if high_open else ']'}"
+    _check(math.isfinite(value) and above and below, key,
+           f"must be a finite number in {'(' if low_open else '['}{low:g}, {upper}, got {short(value)}")
+
+
 def _check_folder_name(name: str | None, key: str) -> None:
     """Run and corpus names become folder names: one plain path component."""
     _check(name is None or (bool(re.fullmatch(r"[\w.+=-]+", name)) and not name.startswith(".")), key,
-           f"{name!r} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)")
+           f"{short(name)} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)")
 
 
 @dataclass
@@ -52,7 +68,7 @@ class DataConfig:
         langs = ("de", "en", "fr", "cs")
         if self.corpus == "multi30k":
             for k in ("src_lang", "tgt_lang"):
-                _check(getattr(self, k) in langs, f"data.{k}", f"Multi30k has {', '.join(langs)}, not {getattr(self, k)!r}")
+                _check(getattr(self, k) in langs, f"data.{k}", f"Multi30k has {', '.join(langs)}, not {short(getattr(self, k))}")
         else:
             _check(bool(self.train) and bool(self.valid), "data.train",
                    "corpus 'files' needs data.train and data.valid (a TSV file or a 'prefix' with .<lang> files)")
@@ -101,7 +117,7 @@ class ModelConfig:
         for k in ("enc_layers", "dec_layers", "d_ff", "max_positions"):
             _check(getattr(self, k) >= 1, f"model.{k}", "must be >= 1")
         for k in ("dropout", "attn_dropout"):
-            _check(0.0 <= getattr(self, k) < 1.0, f"model.{k}", "must be in [0, 1)")
+            _check_float(getattr(self, k), f"model.{k}", 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -146,13 +162,15 @@ class TrainConfig:
         _check(self.batch_sentences is None or self.batch_sentences >= 1, "train.batch_sentences", "must be >= 1")
         _check(self.max_tokens is None or self.max_tokens >= 16, "train.max_tokens", "must be >= 16")
         _check(1 <= self.bucket_width <= 256, "train.bucket_width", "must be in [1, 256]")
-        _check(self.lr > 0, "train.lr", "must be > 0")
-        _check(all(0.0 <= b < 1.0 for b in self.betas), "train.betas", "each must be in [0, 1)")
-        _check(self.eps > 0, "train.eps", "must be > 0")
-        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _check(self.clip >= 0, "train.clip", "must be >= 0 (0 disables clipping)")
-        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)")
-        _check(0.0 < self.plateau_factor < 1.0, "train.plateau_factor", "must be in (0, 1)")
+        _check_float(self.lr, "train.lr", 0.0, MAX_LR, low_open=True)
+        _check_float(self.min_lr, "train.min_lr", 0.0, self.lr, high_name=f"train.lr ({self.lr:g})")
+        for i, beta in enumerate(self.betas):
+            _check_float(beta, f"train.betas[{i}]", 0.0, 1.0, high_open=True)
+        _check_float(self.eps, "train.eps", 0.0, 1.0, low_open=True)
+        _check_float(self.weight_decay, "train.weight_decay", 0.0, 1.0)
+        _check_float(self.clip, "train.clip", 0.0)  # 0 disables clipping
+        _check_float(self.label_smoothing, "train.label_smoothing", 0.0, 1.0, high_open=True)
+        _check_float(self.plateau_factor, "train.plateau_factor", 0.0, 1.0, low_open=True, high_open=True)
         for k in ("plateau_patience", "warmup_epochs", "average_last", "warmup_steps"):
             _check(getattr(self, k) >= 0, f"train.{k}", "must be >= 0")
         _check(self.keep_last >= 1, "train.keep_last", "must be >= 1")
@@ -177,8 +195,9 @@ class DecodeConfig:
 
     def validate(self) -> None:
         _check(1 <= self.beam_size <= MAX_BEAM, "decode.beam_size", f"must be in [1, {MAX_BEAM}]")
-        _check(self.length_penalty >= 0, "decode.length_penalty", "must be >= 0")
-        _check(self.max_len_a >= 0 and self.max_len_b >= 1, "decode.max_len_b", "max_len_a >= 0 and max_len_b >= 1")
+        _check_float(self.length_penalty, "decode.length_penalty", 0.0, MAX_LENGTH_PENALTY)
+        _check_float(self.max_len_a, "decode.max_len_a", 0.0, MAX_LEN_A)
+        _check(self.max_len_b >= 1, "decode.max_len_b", "must be >= 1")
         _check(self.batch_size >= 1, "decode.batch_size", "must be >= 1")
         _check(1 <= self.nbest <= self.beam_size, "decode.nbest", "must be in [1, decode.beam_size]")
 
