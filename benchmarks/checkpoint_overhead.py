@@ -36,7 +36,7 @@ def codecs_for(cfg):
         try:
             from mt_cli.data.prepare import load_corpus
         except ImportError:  # older versions
-            from mt_cli.train import load_corpus
+            from mt_cli.data.prepare import load_corpus
         return load_corpus(cfg, cfg.train.bucket_width)[0]
     except Exception:  # noqa: BLE001 - not prepared here
         from mt_cli.data.tokenize import SideCodec

@@ -11,12 +11,11 @@ from mt_cli.config import Config
 from mt_cli.data.batching import batch_plan, iterate
 from mt_cli.data.prepare import load_corpus
 from mt_cli.data.vocab import PAD
-from mt_cli.distributed import device_name
 from mt_cli.decode import translate_ids
+from mt_cli.distributed import device_name
 from mt_cli.evaluate import decode_split, load_eval_split
-from mt_cli.model import build_model
-from mt_cli.schedule import LRSchedule
-from mt_cli.steps import Stepper, build_optimizer, resolve_precision
+from mt_cli.steps import resolve_precision
+from mt_cli.training.components import build_components
 
 
 def _sync(dev) -> None:
@@ -26,29 +25,21 @@ def _sync(dev) -> None:
 
 def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dict:
     """Steps per second on real batches, after every batch shape has been seen once (warm-up)."""
-    torch.manual_seed(cfg.train.seed)
     codecs, train_split, _, _ = load_corpus(cfg, cfg.train.bucket_width)
     train_split.to(dev)
-    model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev)
-    amp = resolve_precision(cfg.train.precision, dev)
-    params = list(model.parameters())
-    opt = build_optimizer(params, cfg.train, dev)
-    schedule = LRSchedule(opt, cfg.train)
-    net = torch.compile(model) if cfg.train.compile else model
-    use_graphs = cfg.train.cuda_graphs and dev.type == "cuda" and not cfg.train.compile
-    stepper = Stepper(net, opt, params, device=dev, amp_dtype=amp, clip=cfg.train.clip,
-                      label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, log=log)
+    parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log)  # as `mt train`
+    schedule, stepper = parts.schedule, parts.stepper
     plan = batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,
                       seed=cfg.train.seed, epoch=1)
     warm, seen = [], set()
-    for item in plan:  # one batch of every shape, so captures/compilation stay out of the timing
-        if item[1] not in seen:
-            seen.add(item[1])
-            warm.append(item)
+    for batch_rows, length in plan:  # one batch of every shape, so captures/compilation stay out of the timing
+        if length not in seen:
+            seen.add(length)
+            warm.append((batch_rows, length))
     t0 = time.perf_counter()
-    for i, b in enumerate(iterate(train_split, warm, dev), 1):
-        schedule.before_step(i)
-        stepper(b)
+    for step, batch in enumerate(iterate(train_split, warm, dev), 1):
+        schedule.before_step(step)
+        stepper(batch)
     _sync(dev)
     warm_s = time.perf_counter() - t0
     timed = (plan * (steps // max(1, len(plan)) + 1))[:steps]
@@ -56,19 +47,19 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
         torch.cuda.reset_peak_memory_stats(dev)
     n_src = n_tgt = 0
     t0 = time.perf_counter()
-    for i, b in enumerate(iterate(train_split, timed, dev), len(warm) + 1):
-        schedule.before_step(i)
-        stepper(b)
-        n_src += b.n_src
-        n_tgt += b.n_tgt
+    for step, batch in enumerate(iterate(train_split, timed, dev), len(warm) + 1):
+        schedule.before_step(step)
+        stepper(batch)
+        n_src += batch.n_src
+        n_tgt += batch.n_tgt
     _sync(dev)
     secs = time.perf_counter() - t0
-    acc = stepper.take()
+    totals = stepper.take()
     return {"steps": len(timed), "seconds": round(secs, 3), "warmup_seconds": round(warm_s, 2),
             "shapes": len(warm), "tokens_per_s": round((n_src + n_tgt) / secs),
             "tgt_tokens_per_s": round(n_tgt / secs), "steps_per_s": round(len(timed) / secs, 2),
-            "mean_loss": round(acc[0] / max(acc[1], 1), 3), "cuda_graphs": stepper.use_graphs,
-            "precision": str(amp).removeprefix("torch."), "parameters": sum(p.numel() for p in params),
+            "mean_loss": round(totals.mean_loss, 3), "cuda_graphs": stepper.use_graphs,
+            "precision": str(parts.amp_dtype).removeprefix("torch."), "parameters": parts.parameters,
             "peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3) if dev.type == "cuda"
             else None}
 

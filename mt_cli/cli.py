@@ -81,7 +81,7 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see the README, Reliability)."""
     cfg = _load(config, set_)  # before the torch import: a config error should answer at once
     from mt_cli.evaluate import format_table
-    from mt_cli.train import train as run
+    from mt_cli.training import train as run
 
     res = resume_from or resume or None
     summary = run(cfg, device=device, resume=res, saved_root=saved, result_root=result, log=_say)

@@ -5,6 +5,7 @@ CUDA devices use NCCL and the CPU uses gloo (MT_DIST_BACKEND=gloo|nccl overrides
 files; every collective below is called by all ranks at the same point of the program."""
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import timedelta
 
@@ -141,3 +142,14 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({os.cpu_count()} cores)"
+
+
+def weights_sha256(state: dict) -> str:
+    """A hash of a model's weights (state-dict order), to check that processes hold identical copies."""
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        digest.update(name.encode())
+        flat = tensor.detach().cpu().contiguous()
+        digest.update(str(flat.dtype).encode())
+        digest.update(flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return digest.hexdigest()[:16]

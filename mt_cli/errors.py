@@ -32,7 +32,7 @@ def run_reporting_errors(app) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the last line of defence for a one-line error
-        from mt_cli.train import TrainingStopped
+        from mt_cli.training.state import TrainingStopped
 
         if isinstance(e, TrainingStopped):
             if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 tells

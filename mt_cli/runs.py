@@ -5,8 +5,9 @@ import json
 import math
 from pathlib import Path
 
-from mt_cli.atomic import read_json
+from mt_cli.config.flat import flatten
 from mt_cli.plots import read_metrics, resolve_run
+from mt_cli.safe_parse import read_json_or_none
 
 MISSING = "-"
 IGNORED = {"name"}  # the run column names the run already
@@ -39,28 +40,19 @@ def find_runs(result_root: str | Path = "result", names: list[str] | None = None
     return sorted(runs, key=lambda p: (started(p), p.name))
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def load_run(folder: Path) -> dict:
     """What the table shows about one run (missing files give missing values, never an error)."""
-    cfg = read_json(folder / "config.json")
+    cfg = read_json_or_none(folder / "config.json")  # bounded in size and depth: a hostile file reads as missing
     try:
         recs = read_metrics(folder)
     except ValueError:
         recs = []
-    summary = read_json(folder / "summary.json") or {}
+    summary = read_json_or_none(folder / "summary.json")
+    summary = summary if isinstance(summary, dict) else {}
     bleus = [r["val_bleu"] for r in recs if _finite(r.get("val_bleu"))]
     losses = [r["val_loss"] for r in recs if _finite(r.get("val_loss"))]
-    test = {k: v["bleu"] for k, v in (summary.get("test") or {}).items()
+    tests = summary.get("test")
+    test = {k: v["bleu"] for k, v in (tests if isinstance(tests, dict) else {}).items()
             if k.startswith("test") and isinstance(v, dict) and "bleu" in v}
     return {"run": folder.name, "path": str(folder), "config": flatten(cfg) if isinstance(cfg, dict) else {},
             "epochs": len(recs), "best_val_bleu": max(bleus) if bleus else None,

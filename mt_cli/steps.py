@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +14,23 @@ import torch.nn.functional as F
 from mt_cli.data.batching import Batch
 from mt_cli.data.vocab import PAD
 
-# accumulator slots
+# slots of Stepper.acc, the device tensor the steps accumulate into without a host sync
 LOSS, TOKENS, SKIPPED, BAD_RUN, STEPS = range(5)
+
+
+class StepTotals(NamedTuple):
+    """Stepper.acc read on the host: summed loss and target tokens of the finite steps, skipped updates,
+    non-finite steps in a row, and steps run."""
+
+    loss: float
+    tokens: float
+    skipped: float
+    bad_run: float
+    steps: float
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss / max(self.tokens, 1)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -55,7 +71,7 @@ class Stepper:
     def __init__(self, model, optimizer, params, *, device, amp_dtype, clip: float, label_smoothing: float,
                  use_graphs: bool, scaler=None, log=print):
         self.model, self.opt, self.params = model, optimizer, params
-        self.device, self.amp_dtype, self.clip, self.ls = device, amp_dtype, clip, label_smoothing
+        self.device, self.amp_dtype, self.clip, self.label_smoothing = device, amp_dtype, clip, label_smoothing
         self.scaler = scaler
         self.log = log
         self.acc = torch.zeros(5, device=device)
@@ -71,7 +87,7 @@ class Stepper:
     # -- the step body, shared by eager and captured execution ---------------------------------
     def _body(self, src, tgt_in, tgt_out, cache_autocast: bool):
         with autocast(self.device, self.amp_dtype, cache_autocast):
-            total, ntok = loss_sum(self.model, src, tgt_in, tgt_out, self.ls)
+            total, ntok = loss_sum(self.model, src, tgt_in, tgt_out, self.label_smoothing)
         loss = total / ntok.clamp(min=1)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -92,12 +108,12 @@ class Stepper:
         return total, ntok, finite
 
     def _accumulate(self, total, ntok, finite):
-        a = self.acc
-        a[LOSS] += torch.where(finite, total.detach(), 0.0)
-        a[TOKENS] += torch.where(finite, ntok.float(), 0.0)
-        a[SKIPPED] += (~finite).float()
-        a[BAD_RUN] = torch.where(finite, 0.0, a[BAD_RUN] + 1)
-        a[STEPS] += 1
+        acc = self.acc
+        acc[LOSS] += torch.where(finite, total.detach(), 0.0)
+        acc[TOKENS] += torch.where(finite, ntok.float(), 0.0)
+        acc[SKIPPED] += (~finite).float()
+        acc[BAD_RUN] = torch.where(finite, 0.0, acc[BAD_RUN] + 1)
+        acc[STEPS] += 1
 
     def _eager(self, b: Batch):
         total, ntok, finite = self._body(b.src, b.tgt_in, b.tgt_out, True)
@@ -173,11 +189,15 @@ class Stepper:
             raise RuntimeError(f"CUDA out of memory {self.ooms} times in a row; lower train.max_tokens "
                                f"(or train.batch_sentences)")
 
-    def take(self) -> list[float]:
-        """Read and reset the accumulators (the only host sync of an epoch)."""
-        vals = self.acc.tolist()
+    def totals(self) -> StepTotals:
+        """The accumulators, read without resetting them (a host sync)."""
+        return StepTotals(*self.acc.tolist())
+
+    def take(self) -> StepTotals:
+        """Read and reset the accumulators (the only host sync of an epoch); BAD_RUN, a streak, carries over."""
+        taken = self.totals()
         self.acc[LOSS] = 0
         self.acc[TOKENS] = 0
         self.acc[SKIPPED] = 0
         self.acc[STEPS] = 0
-        return vals
+        return taken

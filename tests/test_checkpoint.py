@@ -38,7 +38,7 @@ class _RunsCode:
 @pytest.fixture
 def tiny(tmp_path):
     """A real mt_cli checkpoint with a training state (weights, optimizer, RNG), written by save_checkpoint."""
-    from mt_cli.runstate import rng_state
+    from mt_cli.training.rng import rng_state
 
     cfg = Config(name="ck", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32))
     codecs = {side: SideCodec("spacy", lang, True, Vocab(["ein", "hund", "a", "dog"]))
@@ -145,7 +145,7 @@ def test_cli_refuses_unsafe_and_damaged_checkpoints_with_one_line(tiny, tmp_path
 
 
 def test_plain_resume_picks_the_newest_run_of_the_config_and_explains_when_there_is_none(tmp_path):
-    from mt_cli.runstate import find_last
+    from mt_cli.training.resume import find_last
 
     with pytest.raises(CheckpointError, match="no run named 'tiny' to resume"):
         find_last(tmp_path, "tiny")
@@ -157,7 +157,7 @@ def test_plain_resume_picks_the_newest_run_of_the_config_and_explains_when_there
 
 
 def test_resume_refuses_a_different_config_but_allows_more_epochs(tiny, tmp_path):
-    from mt_cli.runstate import config_changes
+    from mt_cli.training.resume import config_changes
 
     ck = load_checkpoint(tiny[0])
     new = Config(name="other", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32))
@@ -171,7 +171,7 @@ def test_resume_refuses_a_different_config_but_allows_more_epochs(tiny, tmp_path
 
 
 def test_a_refused_resume_names_the_config_to_use(tiny, tmp_path):
-    from mt_cli.runstate import check_resume
+    from mt_cli.training.resume import check_resume
 
     ck = load_checkpoint(tiny[0])
     cfg = Config(name="other", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=64))
@@ -183,7 +183,7 @@ def test_a_refused_resume_names_the_config_to_use(tiny, tmp_path):
 
 
 def test_plain_resume_ignores_runs_of_another_experiment_with_a_longer_name(tiny, tmp_path):
-    from mt_cli.runstate import find_last
+    from mt_cli.training.resume import find_last
 
     ck = load_checkpoint(tiny[0])
     for i, (folder, name) in enumerate((("rel", "rel"), ("rel-2020", "rel-2020"))):

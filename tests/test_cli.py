@@ -141,7 +141,7 @@ def test_train_writes_what_it_claims(run):
 
 def test_second_run_gets_its_own_folders(run):
     """A new run of the same config never overwrites the first (checked without training: the folders exist)."""
-    from mt_cli.runstate import run_folders
+    from mt_cli.training.resume import run_folders
 
     saved, result = run_folders(run["cfg"], str(run["tmp"] / "saved"), str(run["tmp"] / "result"))
     assert saved.name == result.name == "tiny-2"
@@ -152,7 +152,7 @@ def test_runs_of_one_config_started_at_once_claim_different_folders(run, tmp_pat
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    from mt_cli.runstate import run_folders
+    from mt_cli.training.resume import run_folders
 
     (tmp_path / "result" / "tiny-3").mkdir(parents=True)  # a run whose saved/ folder was deleted keeps its name
     start = threading.Barrier(8)

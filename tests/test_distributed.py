@@ -47,7 +47,7 @@ def ddp_run(corpus, tmp_path_factory):
 def test_two_processes_train_on_disjoint_shards_and_stay_identical(ddp_run, corpus):
     from mt_cli.data.batching import Split, batch_plan
     from mt_cli.data.prepare import corpus_dir
-    from mt_cli.runstate import weights_sha256
+    from mt_cli.distributed import weights_sha256
 
     run, out, err = ddp_run
     # one set of files, written by rank 0 only; one copy of the logs

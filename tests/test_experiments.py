@@ -45,7 +45,7 @@ def test_czech_has_no_2017_tests():
 
 
 def test_fr_en_prepare_and_train(multi30k_dir, tmp_path):
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     cfg = config_from_dict({
         "name": "fr_en", "data": {"src_lang": "fr", "tgt_lang": "en", "root": str(tmp_path / "data")},
@@ -85,7 +85,7 @@ def user_files(real_lines, tmp_path):
 
 
 def test_files_corpus_prepares_and_trains(user_files):
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     base, data = user_files
     cfg = config_from_dict({"name": "mine", "data": data, "model": TINY_MODEL,

@@ -54,7 +54,7 @@ def tiny_config(data: dict, name: str = "tiny", **train):
 def trained(tmp_path_factory, real_lines):
     """A real two-epoch run of a tiny model on a slice (TensorBoard on when it is installed)."""
     from mt_cli.data.prepare import prepare_corpus
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     base = tmp_path_factory.mktemp("plots")
     cfg = tiny_config(write_slice(real_lines, base / "corpus"), tensorboard=_has_tensorboard())
@@ -102,7 +102,7 @@ def test_tensorboard_missing_is_one_clear_error(monkeypatch, real_lines, tmp_pat
     cfg = tiny_config({"corpus": "files", "train": "x.tsv", "valid": "x.tsv"}, tensorboard=True)
     with pytest.raises(ValueError, match=r"train.tensorboard.*pip install"):
         EpochReport(cfg, log=lambda *_: None)
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     with pytest.raises(ValueError, match=r"train.tensorboard.*pip install"):  # before any run folder is made
         train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),

@@ -32,7 +32,7 @@ def small(tmp_path_factory, real_lines):
 
 
 def _train(small, *more, tmp):
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     d, overrides = small
     cfg = load_config(TINY, overrides + list(more))
@@ -105,7 +105,7 @@ def test_training_does_not_import_spacy(small, tmp_path):
     d, overrides = small
     code = (
         "import sys; sys.modules['spacy'] = None\n"  # any `import spacy` now raises ImportError
-        "from mt_cli.config import load_config; from mt_cli.train import train\n"
+        "from mt_cli.config import load_config; from mt_cli.training import train\n"
         f"cfg = load_config({str(TINY)!r}, {overrides + ['train.max_steps=3']!r})\n"
         f"s = train(cfg, device='cpu', saved_root={str(tmp_path / 's')!r}, result_root={str(tmp_path / 'r')!r},"
         " log=lambda *_: None)\n"

@@ -14,7 +14,7 @@ from conftest import run_main, write_tsv
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, real_lines):
     from mt_cli.data.prepare import prepare_corpus
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     base = tmp_path_factory.mktemp("runs")
     de, en = real_lines("train", "de")[:120], real_lines("train", "en")[:120]

@@ -22,7 +22,7 @@ import reliability_support as S  # noqa: E402
 
 from mt_cli.checkpoint import load_checkpoint  # noqa: E402
 from mt_cli.config import load_config  # noqa: E402
-from mt_cli.train import TrainingStopped, train  # noqa: E402
+from mt_cli.training import TrainingStopped, train  # noqa: E402
 
 SETS = ["--set", "train.epochs=3", "--set", "train.save_every=4", "--set", "train.keep_last=2"]
 
@@ -255,7 +255,7 @@ def test_a_max_steps_stop_continued_with_more_steps_equals_an_uninterrupted_run(
 
 
 def test_a_nan_metric_never_becomes_the_best():
-    from mt_cli.train import _better
+    from mt_cli.training.state import is_better as _better
 
     assert not _better("val_loss", math.nan, None) and not _better("val_bleu", math.nan, 3.0)
     assert _better("val_loss", 2.0, None) and _better("val_loss", 1.0, 2.0) and _better("val_bleu", 3.0, 2.0)

@@ -81,7 +81,7 @@ def test_a_full_disk_during_training_stops_it_with_the_one_line_error(tmp_path, 
     """A real ENOSPC (/dev/full) in the writer thread reaches train() as the usual OutputError."""
     import mt_cli.checkpoint as C
     from mt_cli.config import load_config
-    from mt_cli.train import train
+    from mt_cli.training import train
 
     cfg = load_config(S.make_corpus(tmp_path / "corpus"), ["train.save_every=4", "train.val_bleu=false"])
     monkeypatch.setattr(C, "open", lambda path, mode="r": builtins.open("/dev/full", mode), raising=False)

@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 
 
 MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
-MAX_LR = 1.0  # Adam's step is about lr per weight: above 1 training only diverges
+MAX_LR = 1e9  # a ceiling against typos only: absurd but finite rates are how the divergence handling is tested
 MAX_LENGTH_PENALTY = 5.0  # GNMT alpha: 0-2 in practice; the penalty ((5+len)/6)^alpha overflows beyond
 MAX_LEN_A = 10.0  # outputs of 10x the source length are runaway decoding (they stop at model.max_positions)
 
@@ -163,7 +163,8 @@ class TrainConfig:
         _check(self.max_tokens is None or self.max_tokens >= 16, "train.max_tokens", "must be >= 16")
         _check(1 <= self.bucket_width <= 256, "train.bucket_width", "must be in [1, 256]")
         _check_float(self.lr, "train.lr", 0.0, MAX_LR, low_open=True)
-        _check_float(self.min_lr, "train.min_lr", 0.0, self.lr, high_name=f"train.lr ({self.lr:g})")
+        # no tie to train.lr: a plateau schedule never raises the rate to min_lr, so min_lr > lr is harmless
+        _check_float(self.min_lr, "train.min_lr", 0.0, MAX_LR)
         for i, beta in enumerate(self.betas):
             _check_float(beta, f"train.betas[{i}]", 0.0, 1.0, high_open=True)
         _check_float(self.eps, "train.eps", 0.0, 1.0, low_open=True)

@@ -1,0 +1,279 @@
+"""The training loop: epochs of steps, validation with real decoding, the best metric, checkpoints, stops.
+
+Reliability (README, section "Reliability"): last.pt holds everything needed to continue a run exactly
+(model, optimizer, LR schedule, grad scaler, progress, best metric, early-stopping counter, every
+rank's RNG states and loss accumulators, the position in the epoch's batch order); it is written
+atomically at epoch ends, every train.save_every steps, and when SIGINT/SIGTERM stops the run.
+Files are written by a background thread (mt_cli/writer.py) from copies of the state."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mt_cli import distributed
+from mt_cli.atomic import append_line
+from mt_cli.config import Config
+from mt_cli.data.batching import Batch, Split, batch_plan, iterate, shard
+from mt_cli.evaluate import decode_split, score, validation_loss
+from mt_cli.steps import SKIPPED, StepTotals
+from mt_cli.training.checkpointer import Checkpointer, LastState
+from mt_cli.training.components import Components
+from mt_cli.training.records import EpochRecord, perplexity
+from mt_cli.training.signals import Signals
+from mt_cli.training.state import BestSoFar, RunState, StopReason, TrainingStopped
+from mt_cli.writer import Writer, snapshot
+
+
+@dataclass
+class RunContext:
+    """What a run is, and where: fixed for the whole run."""
+
+    cfg: Config
+    device: torch.device
+    rank: int
+    world: int
+    saved_dir: Path
+    result_dir: Path
+    resume_hint: str                # the command that continues the run
+    log: object
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class EpochProgress:
+    """How far one epoch's training got."""
+
+    batches: int                    # in this rank's share of the epoch
+    stopped_at: int | None = None   # the position where train.max_steps stopped it
+    n_src: int = 0
+    n_tgt: int = 0
+    seconds: float = 0.0
+    last: LastState | None = None   # last.pt of a mid-epoch stop, saved again once the epoch is validated
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.stopped_at is not None and self.stopped_at < self.batches
+
+
+class Trainer:
+    def __init__(self, ctx: RunContext, parts: Components, codecs: dict, train_split: Split, valid_split: Split,
+                 valid_refs: list[str], state: RunState, signals: Signals, writer: Writer, report_epoch):
+        self.ctx, self.cfg, self.parts, self.codecs = ctx, ctx.cfg, parts, codecs
+        self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
+        self.state, self.signals, self.writer, self.report_epoch = state, signals, writer, report_epoch
+        self.log = ctx.log
+        self.checkpointer = Checkpointer(ctx.saved_dir, ctx.cfg, codecs, parts, writer, ctx.is_main)
+        self.clock_start = time.time() - state.elapsed   # elapsed counts across resumptions
+        # host syncs are cheap on the CPU: check every step there; on a GPU every 50 steps
+        self.check_every = 1 if ctx.device.type == "cpu" else 50
+        self.seen_skipped = 0.0
+        self.stop: StopReason | None = self.ended_already()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def fit(self) -> None:
+        """For each epoch: train, validate, keep the best, save, and stop at a limit."""
+        self.refuse_if_signalled_before_training()
+        for epoch in range(self.state.epoch, self.cfg.train.epochs + 1):
+            if self.stop is not None:
+                break
+            progress = self.train_epoch(epoch)
+            totals = self.epoch_totals(epoch)
+            record = self.validate(epoch, progress, totals)
+            improved = self.update_best(record)
+            self.save_epoch(record, improved, progress)
+            self.stop = self.should_stop(epoch, progress)
+        self.writer.close()  # everything on disk before the final test reads best.pt and the epoch checkpoints
+        self.refuse_if_signalled_during_validation()
+
+    def train_epoch(self, epoch: int) -> EpochProgress:
+        """This rank's share of the epoch's batches, from the saved position when the run resumes in it."""
+        cfg, state = self.cfg.train, self.state
+        plan = shard(batch_plan(self.train_split, cfg.batch_sentences, cfg.max_tokens, shuffle=True, seed=cfg.seed,
+                                epoch=epoch), self.ctx.rank, self.ctx.world)
+        start = min(state.position, len(plan)) if epoch == state.epoch else 0
+        self.seen_skipped = float(self.parts.stepper.acc[SKIPPED].item()) if start else 0.0
+        progress, request, started = EpochProgress(len(plan)), None, time.time()
+        bar = tqdm(iterate(self.train_split, plan, self.ctx.device, start), total=len(plan), initial=start,
+                   desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False, mininterval=1.0)
+        for position, batch in enumerate(bar, start):
+            self.run_step(batch, epoch, position)
+            progress.n_src += batch.n_src
+            progress.n_tgt += batch.n_tgt
+            request = self.signals.hit if self.ctx.world == 1 else None  # a host flag: free to read every step
+            if state.step % self.check_every == 0:
+                request = self.check_health(epoch, position + 1)
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                self.checkpointer.save_last(self.point(epoch, position + 1))
+            if request or self.max_steps_reached():
+                progress.stopped_at = position + 1
+                break
+        bar.close()
+        progress.seconds = max(time.time() - started, 1e-9)
+        if request:
+            self.checkpointer.save_last(self.point(epoch, progress.stopped_at))
+            raise self.stopped(f"{request} received: saved {self.checkpointer.last_path} at epoch {epoch}, step "
+                               f"{state.step}; continue with `{self.ctx.resume_hint}`", StopReason.SIGNAL)
+        if progress.mid_epoch:  # the exact point, so that a larger train.max_steps continues from here
+            progress.last = self.checkpointer.save_last(self.point(epoch, progress.stopped_at))
+        return progress
+
+    def run_step(self, batch: Batch, epoch: int, position: int) -> None:
+        """One optimizer step; a CUDA out-of-memory batch is skipped, and repeated ones stop the run."""
+        self.state.step += 1
+        self.parts.schedule.before_step(self.state.step)
+        try:
+            self.parts.stepper(batch)
+        except torch.cuda.OutOfMemoryError:
+            try:
+                self.parts.stepper.oom(batch, self.cfg.train.max_oom)
+            except RuntimeError as e:
+                if self.ctx.world == 1:  # with several processes the others are inside a collective: just stop
+                    self.checkpointer.save_last(self.point(epoch, position + 1))
+                raise self.stopped(f"{e} (checkpoint: {self.checkpointer.last_path}; continue with "
+                                   f"`{self.ctx.resume_hint}`)", StopReason.OOM) from None
+
+    def check_health(self, epoch: int, position: int) -> str | None:
+        """(A host sync.) Warn of skipped updates, stop a diverged run; returns the stop request all ranks agree on."""
+        totals = self.parts.stepper.totals()
+        request, (bad_run,) = self.signals.agreed(totals.bad_run)
+        if totals.skipped > self.seen_skipped:
+            new = int(totals.skipped - self.seen_skipped)
+            self.seen_skipped = totals.skipped
+            self.log(f"warning: step {self.state.step}: {new} update(s) skipped for a non-finite loss or gradient "
+                     f"({int(bad_run)} in a row, {self.state.skipped + int(totals.skipped)} in this run)")
+        limit = self.cfg.train.max_nonfinite
+        if bad_run >= limit:
+            self.checkpointer.save_last(self.point(epoch, position))
+            raise self.stopped(f"{limit} non-finite losses in a row at step {self.state.step}: training diverged; "
+                               f"lower train.lr, keep train.clip > 0, or check the data (the last finite weights are "
+                               f"in {self.checkpointer.last_path})", StopReason.DIVERGED)
+        return request
+
+    def epoch_totals(self, epoch: int) -> StepTotals:
+        """The epoch's loss sums and counts over all ranks."""
+        taken = list(self.parts.stepper.take())
+        totals = StepTotals(*distributed.all_reduce_sum(torch.tensor(taken, device=self.ctx.device)).tolist())
+        self.state.skipped += int(totals.skipped)
+        if totals.skipped:
+            self.log(f"warning: skipped {int(totals.skipped)} updates with a non-finite loss in epoch {epoch}")
+        return totals
+
+    def validate(self, epoch: int, progress: EpochProgress, totals: StepTotals) -> EpochRecord:
+        """Validation loss (all ranks) and BLEU of real decoding (rank 0); the LR schedule steps on the loss."""
+        started = time.time()
+        parts, cfg = self.parts, self.cfg
+        val_loss = validation_loss(parts.model, self.valid_split, cfg, self.ctx.device, parts.amp_dtype)
+        val_bleu = None
+        if cfg.train.val_bleu:
+            if self.ctx.is_main:
+                hyps = decode_split(parts.model, self.codecs, cfg, self.valid_split, self.ctx.device,
+                                    cfg.train.val_beam_size, parts.amp_dtype)
+                val_bleu = score(hyps, self.valid_refs, cfg.data.lowercase)["bleu"]
+            val_bleu = distributed.broadcast_float(val_bleu)
+        val_seconds = time.time() - started
+        lr = parts.schedule.lr
+        parts.schedule.after_epoch(epoch, val_loss)
+        self.state.elapsed = self.elapsed()
+        world = self.ctx.world
+        record = EpochRecord(
+            epoch=epoch, step=self.state.step, train_loss=round(totals.mean_loss, 4), val_loss=round(val_loss, 4),
+            val_ppl=perplexity(val_loss), val_bleu=val_bleu, lr=lr, seconds=round(progress.seconds, 2),
+            val_seconds=round(val_seconds, 2), tokens_per_s=round((progress.n_src + progress.n_tgt) * world /
+                                                                   progress.seconds),
+            tgt_tokens_per_s=round(progress.n_tgt * world / progress.seconds), elapsed=round(self.state.elapsed, 1),
+            steps=int(totals.steps), skipped=int(totals.skipped))
+        if world > 1:
+            record.processes, record.weights_sha256 = world, self.agreed_weights(epoch)
+        return record
+
+    def agreed_weights(self, epoch: int) -> str:
+        """DDP keeps replicas identical; prove it, and stop loudly if they ever drift apart."""
+        hashes = distributed.all_gather_object(distributed.weights_sha256(self.parts.model.state_dict()))
+        if len(set(hashes)) != 1:
+            raise TrainingStopped(f"the {self.ctx.world} processes hold different weights after epoch {epoch} "
+                                  f"({', '.join(hashes)}); this is a bug, please report it")
+        return hashes[0]
+
+    def update_best(self, record: EpochRecord) -> bool:
+        """Keep the best validation metric; count the epochs without improvement (early stopping)."""
+        name = self.cfg.train.best_metric
+        value = record.metric(name)
+        improved = self.state.best_so_far.improved_by(name, value)
+        if improved:
+            self.state.apply(BestSoFar(value, record.epoch, 0))
+        else:
+            self.state.bad_epochs += 1
+        return improved
+
+    def save_epoch(self, record: EpochRecord, improved: bool, progress: EpochProgress) -> None:
+        """In the order a crash may cut them: the metrics line before last.pt (a resumed run drops the line of
+        an epoch it repeats); curves.png last, as nothing depends on it."""
+        ctx, jobs, weights = self.ctx, [], None
+        if ctx.is_main:
+            weights = snapshot(self.parts.model.state_dict())  # one copy for best.pt, epoch_*.pt and last.pt
+            jobs.append(partial(append_line, ctx.result_dir / "metrics.jsonl", record.to_json()))
+            self.log(record.console_line(improved))
+        jobs += self.checkpointer.epoch_jobs(self.point(record.epoch + 1, 0), record, improved, weights,
+                                             write_last=not progress.mid_epoch)
+        if progress.mid_epoch:  # the same point again, now knowing this epoch's validation
+            jobs.append(self.checkpointer.last_job(progress.last, validated=self.state.best_so_far))
+        if ctx.is_main:
+            jobs.append(partial(self.report_epoch, record.to_dict(), ctx.result_dir))
+        self.writer.submit(*jobs)
+
+    # -- when to stop ------------------------------------------------------------------------------
+    def max_steps_reached(self) -> bool:
+        return bool(self.cfg.train.max_steps and self.state.step >= self.cfg.train.max_steps)
+
+    def early_stopping_due(self) -> bool:
+        patience = self.cfg.train.early_stopping
+        return bool(patience and self.state.bad_epochs >= patience)
+
+    def should_stop(self, epoch: int, progress: EpochProgress) -> StopReason | None:
+        early = self.early_stopping_due()
+        if early:
+            self.log(f"early stopping: no better {self.cfg.train.best_metric} for {self.state.bad_epochs} epochs")
+        if progress.stopped_at is not None:
+            return StopReason.MAX_STEPS
+        if early:
+            return StopReason.EARLY_STOPPING
+        return StopReason.LAST_EPOCH if epoch == self.cfg.train.epochs else None
+
+    def ended_already(self) -> StopReason | None:
+        """The reason a resumed run has nothing left to train (then only its final test runs)."""
+        if self.early_stopping_due():
+            return StopReason.EARLY_STOPPING
+        if self.max_steps_reached():
+            return StopReason.MAX_STEPS
+        return StopReason.LAST_EPOCH if self.state.epoch > self.cfg.train.epochs else None
+
+    def refuse_if_signalled_before_training(self) -> None:
+        request, _ = self.signals.agreed()
+        if request:  # (during start-up) nothing to continue from yet
+            raise TrainingStopped(f"{request} received before training started; nothing was saved",
+                                  StopReason.SIGNAL)
+
+    def refuse_if_signalled_during_validation(self) -> None:
+        request, _ = self.signals.agreed()
+        if request:  # last.pt is complete, but the user asked to stop
+            raise TrainingStopped(f"{request} received: training is saved in {self.checkpointer.last_path}; the "
+                                  f"final test was skipped; run it with `{self.ctx.resume_hint}`", StopReason.SIGNAL)
+
+    def stopped(self, message: str, reason: StopReason) -> TrainingStopped:
+        self.writer.flush()  # the checkpoint the message names is on disk (or its write error is raised instead)
+        return TrainingStopped(message, reason)
+
+    def elapsed(self) -> float:
+        return time.time() - self.clock_start
+
+    def point(self, epoch: int, position: int) -> RunState:
+        """The run's state as last.pt records it at batch `position` of `epoch`, now."""
+        return self.state.at(epoch, position, elapsed=self.elapsed())
