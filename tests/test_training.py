@@ -1,0 +1,161 @@
+"""The pieces of mt_cli/training/ driven directly: the saved state round-trips, the Checkpointer writes
+last.pt/best.pt/epoch_*.pt in order, the best-metric and stop decisions, the LR schedule steps on the
+validation loss, and a run that fails before its first checkpoint leaves no folders behind."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reliability_support as S  # noqa: E402
+
+from mt_cli.checkpoint import load_checkpoint  # noqa: E402
+from mt_cli.config import load_config  # noqa: E402
+from mt_cli.data.prepare import load_corpus  # noqa: E402
+from mt_cli.evaluate import validation_loss  # noqa: E402
+from mt_cli.training import StopReason, TrainingStopped, train  # noqa: E402
+from mt_cli.training.components import build_components  # noqa: E402
+from mt_cli.training.records import EpochRecord  # noqa: E402
+from mt_cli.training.signals import Signals  # noqa: E402
+from mt_cli.training.state import BestSoFar, RunState, TrainState  # noqa: E402
+from mt_cli.training.trainer import EpochProgress, RunContext, Trainer  # noqa: E402
+from mt_cli.writer import Writer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return S.make_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def test_run_state_round_trips_and_reads_older_progress():
+    state = RunState(epoch=3, step=57, position=4, best=2.5, best_epoch=2, bad_epochs=1, elapsed=12.5, skipped=2,
+                     world=2, validated=BestSoFar(2.25, 3, 0))
+    assert RunState.from_dict(state.to_dict()) == state
+    plain = RunState(epoch=2, step=9)
+    assert "validated" not in plain.to_dict() and RunState.from_dict(plain.to_dict()) == plain
+    # a progress dict of an older version: fewer keys, and one this version does not know
+    old = RunState.from_dict({"epoch": 4, "step": 80, "position": 0, "best": 1.5, "best_epoch": 3, "bad_epochs": 0,
+                              "elapsed": 3.0, "some_old_key": 1})
+    assert (old.epoch, old.step, old.skipped, old.world, old.validated) == (4, 80, 0, 1, None)
+
+
+def test_train_state_reads_a_last_pt_that_predates_per_rank_states():
+    saved = {"optimizer": {}, "schedule": {}, "rng": {"torch": torch.zeros(1)}, "progress": {"epoch": 2}}
+    restored = TrainState.from_dict(saved)
+    assert restored.ranks == [{"rng": saved["rng"], "acc": None}] and restored.scaler is None
+
+
+def test_best_so_far_never_takes_nan_or_a_tie():
+    best = BestSoFar(best=3.0, best_epoch=1)
+    assert best.improved_by("val_loss", 2.9) and not best.improved_by("val_loss", 3.0)
+    assert not best.improved_by("val_loss", math.nan) and not best.improved_by("val_bleu", None)
+    assert BestSoFar(best=30.0).improved_by("val_bleu", 30.5) and not BestSoFar(best=30.0).improved_by("val_bleu", 29)
+
+
+def _trainer(corpus: Path, tmp_path: Path, writer: Writer, *sets: str) -> Trainer:
+    """A real Trainer on the 240-pair corpus, built as mt train builds it (no training has run)."""
+    cfg = load_config(corpus, list(sets))
+    codecs, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
+    dev = torch.device("cpu")
+    parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log=lambda *_: None)
+    saved, result = tmp_path / "saved", tmp_path / "result"
+    saved.mkdir(parents=True)
+    result.mkdir(parents=True)
+    ctx = RunContext(cfg, dev, 0, 1, saved, result, "mt train --resume", lambda *_: None)
+    return Trainer(ctx, parts, codecs, train_split, valid_split, [], RunState(), Signals(), writer,
+                   lambda *_: None)
+
+
+def _record(epoch: int, val_loss: float) -> EpochRecord:
+    return EpochRecord(epoch=epoch, step=10 * epoch, train_loss=4.0, val_loss=val_loss, val_ppl=math.exp(val_loss),
+                       val_bleu=None, lr=1e-3, seconds=1.0, val_seconds=0.1, tokens_per_s=1, tgt_tokens_per_s=1,
+                       elapsed=float(epoch), steps=10, skipped=0)
+
+
+def test_best_metric_and_early_stopping_decisions(corpus, tmp_path):
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.early_stopping=2", "train.epochs=10")
+        whole = EpochProgress(batches=22)
+        decisions = []
+        for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.0, 2.6], 1):
+            improved = trainer.update_best(_record(epoch, loss))
+            decisions.append((improved, trainer.should_stop(epoch, whole)))
+    # a tie (2.0 again) is no improvement; the second epoch in a row without one stops the run
+    assert decisions == [(True, None), (True, None), (False, None), (False, StopReason.EARLY_STOPPING),
+                         (False, StopReason.EARLY_STOPPING)]
+    assert trainer.state.best_so_far == BestSoFar(2.0, 2, 3)
+
+
+def test_max_steps_and_last_epoch_stop_the_run(corpus, tmp_path):
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.epochs=3")
+        assert trainer.should_stop(2, EpochProgress(batches=22)) is None
+        assert trainer.should_stop(3, EpochProgress(batches=22)) is StopReason.LAST_EPOCH
+        assert trainer.should_stop(1, EpochProgress(batches=22, stopped_at=5)) is StopReason.MAX_STEPS
+        assert trainer.ended_already() is None
+        trainer.state.epoch = 4
+        assert trainer.ended_already() is StopReason.LAST_EPOCH
+
+
+def test_checkpointer_writes_best_epoch_and_last_in_order_and_rewrites_last_with_validation(corpus, tmp_path):
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.keep_last=2")
+        checkpointer, saved = trainer.checkpointer, tmp_path / "saved"
+        trainer.state.step = 10
+        weights = {k: v.clone() for k, v in trainer.parts.model.state_dict().items()}
+        jobs = checkpointer.epoch_jobs(trainer.state.at(2, 0), _record(1, 2.0), True, weights, write_last=True)
+        writer.submit(*jobs)
+        writer.flush()
+        files = [saved / "best.pt", saved / "epoch_0001.pt", saved / "last.pt"]
+        assert [p.stat().st_mtime_ns for p in files] == sorted(p.stat().st_mtime_ns for p in files)
+        last = load_checkpoint(saved / "last.pt")
+        assert RunState.from_dict(last["train_state"]["progress"]) == trainer.state.at(2, 0)
+        assert "train_state" not in load_checkpoint(saved / "best.pt")
+        assert last["metrics"]["val_loss"] == 2.0
+
+        # a mid-epoch stop: last.pt at the stop, then the same point again with the epoch's validation
+        stop = trainer.state.at(2, 7)
+        copy = checkpointer.save_last(stop)
+        writer.flush()
+        before = load_checkpoint(saved / "last.pt")["train_state"]
+        checkpointer.save_last(stop, validated=BestSoFar(1.5, 2, 0), last=copy)
+        writer.flush()
+        after = load_checkpoint(saved / "last.pt")["train_state"]
+    assert after["progress"] == {**before["progress"], "validated": dataclasses.asdict(BestSoFar(1.5, 2, 0))}
+    assert RunState.from_dict(after["progress"]).validated == BestSoFar(1.5, 2, 0)
+
+
+def test_the_plateau_schedule_steps_on_the_validation_loss(corpus, tmp_path):
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.scheduler=plateau", "train.val_bleu=false")
+        parts = trainer.parts
+        totals = parts.stepper.take()
+        record = trainer.validate(1, EpochProgress(batches=22, seconds=1.0), totals)
+    expected = validation_loss(parts.model, trainer.valid_split, trainer.cfg, torch.device("cpu"), torch.float32)
+    assert parts.schedule.plateau.best == pytest.approx(expected, abs=1e-6)
+    assert record.val_loss == round(expected, 4) and record.val_ppl == round(math.exp(expected), 3)
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl_c", "sigterm"])
+def test_a_run_interrupted_during_start_up_leaves_no_folders(corpus, tmp_path, interrupt):
+    """Stopped after the run claimed its folders but before any step: nothing to continue, so nothing stays
+    (left behind, the empty folders would shift the next run's name to -2)."""
+    cfg = load_config(corpus, ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1"])
+
+    def log(msg):
+        if msg.startswith(f"run {S.RUN}:"):  # the start-up line, logged once the folders are claimed
+            assert (tmp_path / "saved" / S.RUN).is_dir()
+            if interrupt == "ctrl_c":
+                raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGTERM)
+
+    expected = KeyboardInterrupt if interrupt == "ctrl_c" else TrainingStopped
+    with pytest.raises(expected):
+        train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"), log=log)
+    assert list((tmp_path / "saved").iterdir()) == [] and list((tmp_path / "result").iterdir()) == []
