@@ -30,10 +30,22 @@ def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
     return torch.where(at_limit[..., None], only_eos, logp)
 
 
-@torch.no_grad()
 def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
                   check_every: int = 4) -> list[list[int]]:
     """Argmax decoding; returns token ids without <bos>/<eos>."""
+    return _token_search(model, src, lambda logp: logp.argmax(-1), max_len_a, max_len_b, check_every)
+
+
+def sample_search(model, src: torch.Tensor, sampler: Sampler, max_len_a: float = 1.5, max_len_b: int = 10,
+                  check_every: int = 4) -> list[list[int]]:
+    """Like greedy search, but each token is drawn by `sampler` (top-k or nucleus sampling)."""
+    return _token_search(model, src, sampler.choose, max_len_a, max_len_b, check_every)
+
+
+@torch.no_grad()
+def _token_search(model, src: torch.Tensor, choose, max_len_a: float, max_len_b: int,
+                  check_every: int) -> list[list[int]]:
+    """One hypothesis per sentence, extended by `choose(logp) -> tokens` at each step."""
     n = src.size(0)
     limit = _max_lengths(model, src, max_len_a, max_len_b)
     steps, first_limit = int(limit.max()), int(limit.min()) - 1
@@ -45,12 +57,46 @@ def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: i
         logp = _next_logp(model, last, state)
         if t >= first_limit:  # before that no sentence is at its limit: skip a (batch, vocab) pass
             logp = _force_eos(logp, limit - 1 <= t)
-        last = logp.argmax(-1).masked_fill(done, PAD)
+        last = choose(logp).masked_fill(done, PAD)
         out[:, t] = last
         done |= last == EOS
         if t % check_every == check_every - 1 and bool(done.all()):  # one sync every few steps
             break
     return [_until_eos(row) for row in out.tolist()]
+
+
+class Sampler:
+    """Draws the next token from the k most likely ("topk:K") or from the fewest most likely tokens holding
+    probability P ("topp:P", nucleus sampling); one seeded generator for the whole run, so a seed repeats it."""
+
+    def __init__(self, kind: str, value: float, seed: int = 0):
+        self.kind, self.value, self.seed = kind, value, seed
+        self._gen: torch.Generator | None = None
+
+    @classmethod
+    def parse(cls, text: str, seed: int = 0) -> Sampler:
+        kind, _, value = text.partition(":")
+        try:
+            v = float(value) if kind == "topp" else int(value)
+        except ValueError:
+            v = None
+        if kind == "topk" and v is not None and v >= 1:
+            return cls(kind, v, seed)
+        if kind == "topp" and v is not None and 0.0 < v <= 1.0:
+            return cls(kind, v, seed)
+        raise ValueError(f"--sample {text}: use topk:K (an integer K >= 1) or topp:P (0 < P <= 1)")
+
+    def choose(self, logp: torch.Tensor) -> torch.Tensor:
+        if self._gen is None or self._gen.device != logp.device:
+            self._gen = torch.Generator(device=logp.device).manual_seed(self.seed)
+        if self.kind == "topk":
+            vals, idx = logp.topk(min(int(self.value), logp.size(-1)), dim=-1)
+        else:
+            vals, idx = logp.sort(dim=-1, descending=True)
+            probs = vals.exp()
+            vals = vals.masked_fill(probs.cumsum(-1) - probs >= self.value, NEG_INF)  # the first always stays
+        pick = torch.multinomial(vals.softmax(-1), 1, generator=self._gen)  # softmax renormalises the kept set
+        return idx.gather(-1, pick).squeeze(-1)
 
 
 def _start(model, src: torch.Tensor, beams: int, steps: int) -> dict:
@@ -141,9 +187,10 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
 @torch.no_grad()
 def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: DecodeConfig, device: torch.device,
                   beam_size: int | None = None, amp_dtype: torch.dtype | None = None,
-                  progress=None) -> list[list[tuple[list[int], float]]]:
+                  progress=None, sampler: Sampler | None = None) -> list[list[tuple[list[int], float]]]:
     """Decode padded source rows (or a list of 1-D id tensors ending in <eos>) in length-sorted batches;
-    results come back in input order, each a list of n-best (ids, score)."""
+    results come back in input order, each a list of n-best (ids, score). A `sampler` samples instead
+    of searching (one output per sentence, score 0)."""
     if isinstance(sources, list):
         lens = torch.tensor([len(s) for s in sources])
     else:
@@ -165,7 +212,9 @@ def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: Decode
             else:
                 src = sources[torch.tensor(idx, device=sources.device), :width].to(device)
             with autocast_for(device, amp_dtype), sdpa_kernel(DECODE_ATTENTION):
-                if k == 1:
+                if sampler is not None:
+                    hyps = [[(h, 0.0)] for h in sample_search(model, src, sampler, cfg.max_len_a, cfg.max_len_b)]
+                elif k == 1:
                     hyps = [[(h, 0.0)] for h in greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)]
                 else:
                     hyps = beam_search(model, src, k, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b,
