@@ -73,6 +73,10 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
                                       "position in the epoch are restored, so the result equals an uninterrupted run."),
           resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="PATH", show_default=False,
                                                     help="Continue from this last.pt (implies --resume)."),
+          init_from: Optional[str] = typer.Option(None, "--init-from", metavar="CKPT", show_default=False,
+                                                  help="Start a new run from this checkpoint's weights (fine-tuning: "
+                                                  "fresh optimizer and schedule, this config's data; same model "
+                                                  "and vocabularies). Sets train.init_from."),
           saved: str = typer.Option("saved", "--saved", help="Checkpoint root folder."),
           result: str = typer.Option("result", "--result", help="Logs and reports root folder.")):
     """Train a Transformer; keeps best/last checkpoints, logs metrics per epoch, tests at the end.
@@ -80,6 +84,10 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     Ctrl-C or SIGTERM saves last.pt at the next step and prints the command that continues the run.
     Several GPUs or nodes: torchrun --nproc_per_node=N -m mt_cli train ... (see the README, Reliability)."""
     cfg = _load(config, set_)  # before the torch import: a config error should answer at once
+    if init_from:
+        if resume or resume_from:
+            _fail("--init-from starts a new run; --resume continues one: give one of them", 2)
+        cfg.train.init_from = init_from
     from mt_cli.evaluate import format_table
     from mt_cli.training import train as run
 

@@ -85,15 +85,22 @@ class Stepper:
         self.warm = False
 
     # -- the step body, shared by eager and captured execution ---------------------------------
-    def _body(self, src, tgt_in, tgt_out, cache_autocast: bool):
+    def _forward_backward(self, src, tgt_in, tgt_out, cache_autocast: bool, tokens: int | None = None):
+        """Summed loss of one batch, divided by the target tokens of the whole update, then backward.
+        `tokens` is a host number when gradients accumulate over batches; None: this batch's (a device tensor)."""
         with autocast(self.device, self.amp_dtype, cache_autocast):
             total, ntok = loss_sum(self.model, src, tgt_in, tgt_out, self.label_smoothing)
-        loss = total / ntok.clamp(min=1)
+        loss = total / (ntok.clamp(min=1) if tokens is None else max(tokens, 1))
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.opt)
         else:
             loss.backward()
+        return total, ntok
+
+    def _clip_and_check(self, total):
+        """Unscale (fp16), clip, and whether the update is finite (a device tensor)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
         if self.clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         else:
@@ -105,7 +112,24 @@ class Stepper:
             scale = getattr(self.scaler, "_scale", None)
             scale = torch.tensor(self.scaler.get_scale()) if scale is None else scale
             finite = torch.isfinite(total) & (torch.isfinite(norm) | (scale > 1))
-        return total, ntok, finite
+        return finite
+
+    def _body(self, src, tgt_in, tgt_out, cache_autocast: bool):
+        total, ntok = self._forward_backward(src, tgt_in, tgt_out, cache_autocast)
+        return total, ntok, self._clip_and_check(total)
+
+    def _sum_gradients(self, batches: list[Batch]):
+        """Forward and backward over the batches of one update; DDP all-reduces only after the last."""
+        tokens = sum(b.n_tgt for b in batches) if len(batches) > 1 else None
+        no_sync = getattr(self.model, "no_sync", None)
+        total = ntok = None
+        for i, b in enumerate(batches):
+            quiet = no_sync() if no_sync is not None and i < len(batches) - 1 else contextlib.nullcontext()
+            with quiet:
+                batch_total, batch_ntok = self._forward_backward(b.src, b.tgt_in, b.tgt_out, True, tokens)
+            total = batch_total if total is None else total + batch_total
+            ntok = batch_ntok if ntok is None else ntok + batch_ntok
+        return total, ntok
 
     def _accumulate(self, total, ntok, finite):
         acc = self.acc
@@ -115,8 +139,9 @@ class Stepper:
         acc[BAD_RUN] = torch.where(finite, 0.0, acc[BAD_RUN] + 1)
         acc[STEPS] += 1
 
-    def _eager(self, b: Batch):
-        total, ntok, finite = self._body(b.src, b.tgt_in, b.tgt_out, True)
+    def _eager(self, batches: list[Batch]):
+        total, ntok = self._sum_gradients(batches)
+        finite = self._clip_and_check(total)
         if self.device_skip:
             self.found_inf.copy_((~finite).float())
             self.opt.step()
@@ -134,7 +159,7 @@ class Stepper:
         if entry is None:
             entry = self._capture(b)
             if entry is None:
-                return self._eager(b)
+                return self._eager([b])
             self.graphs[key] = entry
         g, (src, tgt_in, tgt_out) = entry
         src.copy_(b.src, non_blocking=True)
@@ -170,11 +195,13 @@ class Stepper:
             return None
         return g, static
 
-    def __call__(self, b: Batch) -> None:
-        if self.use_graphs and self.warm:
-            self._graphed(b)
+    def __call__(self, batch: Batch | list[Batch]) -> None:
+        """One update from a batch, or from the summed gradients of several (train.accumulate)."""
+        batches = batch if isinstance(batch, list) else [batch]
+        if self.use_graphs and self.warm and len(batches) == 1:
+            self._graphed(batches[0])
         else:
-            self._eager(b)  # the first step creates optimizer state and gradients eagerly
+            self._eager(batches)  # the first step creates optimizer state and gradients eagerly
             self.warm = True
         self.ooms = 0
 

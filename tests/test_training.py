@@ -159,3 +159,75 @@ def test_a_run_interrupted_during_start_up_leaves_no_folders(corpus, tmp_path, i
     with pytest.raises(expected):
         train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"), log=log)
     assert list((tmp_path / "saved").iterdir()) == [] and list((tmp_path / "result").iterdir()) == []
+
+
+def test_two_accumulated_batches_make_the_same_update_as_one_batch_of_both(corpus):
+    """train.accumulate: K=2 at batch B gives the update of K=1 at batch 2B (same sentences, float tolerance).
+    Plain SGD with lr 1 and no clipping makes the update the gradient itself, so any misweighting shows."""
+    from mt_cli.data.batching import iterate
+    from mt_cli.steps import Stepper
+
+    cfg = load_config(corpus, ["model.dropout=0.0"])
+    codecs, split, _, _ = load_corpus(cfg, cfg.train.bucket_width)
+    rows = torch.arange(16)
+    length = int(split.bucket[rows].max())
+    whole = next(iterate(split, [(rows, length)], torch.device("cpu")))
+    halves = list(iterate(split, [(rows[:3], length), (rows[3:], length)], torch.device("cpu")))  # unequal halves
+    assert halves[0].n_tgt != halves[1].n_tgt
+    models, steppers = [], []
+    for batch in (whole, halves):
+        model = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), torch.device("cpu")).model
+        params = list(model.parameters())
+        stepper = Stepper(model, torch.optim.SGD(params, lr=1.0), params, device=torch.device("cpu"),
+                          amp_dtype=torch.float32, clip=0.0, label_smoothing=0.1, use_graphs=False)
+        stepper(batch)
+        models.append(model)
+        steppers.append(stepper)
+    start = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), torch.device("cpu")).model
+    for before, a, b in zip(start.parameters(), models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a - before, b - before, rtol=1e-4, atol=1e-7)
+    assert sum(int((a != before).sum()) for before, a in zip(start.parameters(), models[0].parameters())) > 1000
+    one, two = steppers[0].take(), steppers[1].take()
+    assert one.tokens == two.tokens == whole.n_tgt and one.loss == pytest.approx(two.loss, rel=1e-5)
+
+
+def test_a_run_with_accumulation_counts_updates_as_steps_and_every_token(corpus, tmp_path):
+    runs = {}
+    for k in (1, 3):
+        cfg = load_config(corpus, ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1",
+                                   f"train.accumulate={k}", "name=acc"])
+        train(cfg, device="cpu", saved_root=str(tmp_path / f"s{k}"), result_root=str(tmp_path / f"r{k}"),
+              log=lambda *_: None)
+        runs[k] = S.metrics(tmp_path / f"r{k}" / "acc")[0]
+    assert runs[1]["steps"] == 22 and runs[3]["steps"] == 8  # ceil(22 / 3): the last update has one batch
+    assert runs[3]["step"] == 8
+    # throughput counts the tokens of every batch: the same tokens in (about) the same work
+    assert runs[1]["tgt_tokens_per_s"] * runs[1]["seconds"] == pytest.approx(
+        runs[3]["tgt_tokens_per_s"] * runs[3]["seconds"], rel=0.02)
+
+
+def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_model(corpus, tmp_path, monkeypatch,
+                                                                             capsys):
+    from conftest import run_main
+
+    sets = ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1"]
+    first = train(load_config(corpus, sets), device="cpu", saved_root=str(tmp_path / "saved"),
+                  result_root=str(tmp_path / "result"), log=lambda *_: None)
+    best = Path(first["saved"]) / "best.pt"
+    # a learning rate too small to move the weights: the new run ends where the checkpoint started it
+    code, out, err = run_main(monkeypatch, capsys, "train", "--config", str(corpus), "--device", "cpu",
+                              "--init-from", str(best), "--saved", str(tmp_path / "saved"), "--result",
+                              str(tmp_path / "result"), *[x for s in sets + ["train.lr=1e-12"] for x in ("--set", s)])
+    assert code == 0, err
+    assert "starting from the weights of" in err
+    tuned = load_checkpoint(tmp_path / "saved" / f"{S.RUN}-2" / "last.pt")
+    start = load_checkpoint(best)["model"]
+    assert all(torch.allclose(tuned["model"][k].float(), v.float(), atol=1e-6) for k, v in start.items())
+    assert tuned["config"]["train"]["init_from"] == str(best)
+    assert tuned["train_state"]["progress"]["epoch"] == 2  # a run of its own, from epoch 1
+    # another model shape: one line naming the key, exit 2, and no new run folder
+    code, out, err = run_main(monkeypatch, capsys, "train", "--config", str(corpus), "--device", "cpu",
+                              "--init-from", str(best), "--set", "model.d_ff=48", "--saved", str(tmp_path / "saved"),
+                              "--result", str(tmp_path / "result"))
+    assert code == 2 and "model.d_ff differs" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [S.RUN, f"{S.RUN}-2"]

@@ -128,6 +128,8 @@ class TrainConfig:
     batch_sentences: Optional[int] = None
     max_tokens: Optional[int] = 4096
     bucket_width: int = 8
+    accumulate: int = 1  # batches whose gradients are summed into one update
+    init_from: Optional[str] = None  # a checkpoint whose weights a new run starts from (fine-tuning)
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
@@ -162,6 +164,7 @@ class TrainConfig:
         _check(self.batch_sentences is None or self.batch_sentences >= 1, "train.batch_sentences", "must be >= 1")
         _check(self.max_tokens is None or self.max_tokens >= 16, "train.max_tokens", "must be >= 16")
         _check(1 <= self.bucket_width <= 256, "train.bucket_width", "must be in [1, 256]")
+        _check(1 <= self.accumulate <= 1024, "train.accumulate", "must be in [1, 1024]")
         _check_float(self.lr, "train.lr", 0.0, MAX_LR, low_open=True)
         # no tie to train.lr: a plateau schedule never raises the rate to min_lr, so min_lr > lr is harmless
         _check_float(self.min_lr, "train.min_lr", 0.0, MAX_LR)

@@ -47,7 +47,9 @@ def build_components(cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.
     if cfg.train.compile:
         net = torch.compile(net)
     # one process only: a DDP step synchronizes gradients in hooks a captured graph would replay blindly
-    use_graphs = cfg.train.cuda_graphs and device.type == "cuda" and world == 1 and not cfg.train.compile
+    # (a captured step is one batch per update: with train.accumulate > 1 the steps run eagerly)
+    use_graphs = (cfg.train.cuda_graphs and device.type == "cuda" and world == 1 and not cfg.train.compile
+                  and cfg.train.accumulate == 1)
     stepper = Stepper(net, optimizer, params, device=device, amp_dtype=amp_dtype, clip=cfg.train.clip,
                       label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, scaler=scaler, log=log)
     return Components(model, net, optimizer, schedule, scaler, stepper, amp_dtype, device)

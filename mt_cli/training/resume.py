@@ -184,3 +184,25 @@ def resume_command(saved_dir: Path, result_dir: Path, result_root: str, device: 
     if device != "auto":
         cmd += f" --device {device}"
     return cmd
+
+
+def initial_weights(cfg: Config, codecs: dict, log) -> dict:
+    """The weights of train.init_from, for a new run that fine-tunes them on its own data with a fresh
+    optimizer and schedule; refused unless the model and both vocabularies are the ones of this run."""
+    path = Path(cfg.train.init_from)
+    checkpoint = load_checkpoint(path)
+    saved_model, this_model = _flat(checkpoint["config"]["model"]), _flat(cfg.to_dict()["model"])
+    changed = [k for k in sorted(saved_model.keys() | this_model.keys()) if saved_model.get(k) != this_model.get(k)]
+    if changed:
+        raise CheckpointError(f"{path}: train.init_from needs the same model; model.{changed[0]} differs "
+                              f"({len(changed)} key(s)); use the checkpoint's model settings")
+    from mt_cli.data.tokenize import SideCodec  # (a light import; here only to read the saved vocabularies)
+
+    for side in ("src", "tgt"):
+        saved = SideCodec.from_state(checkpoint["codecs"][side]).vocab.itos
+        if saved != codecs[side].vocab.itos:
+            raise CheckpointError(f"{path}: train.init_from needs the same {side} vocabulary as the prepared corpus "
+                                  f"({len(saved)} vs {len(codecs[side].vocab.itos)} tokens); prepare the new data "
+                                  f"with the checkpoint's vocabulary settings (e.g. a shared sentencepiece model)")
+    log(f"starting from the weights of {path} (epoch {checkpoint.get('epoch')}), with a fresh optimizer and schedule")
+    return checkpoint["model"]

@@ -14,8 +14,8 @@ from mt_cli.config import Config
 from mt_cli.data.prepare import corpus_dir, load_corpus
 from mt_cli.evaluate import final_test
 from mt_cli.training.components import Components, build_components
-from mt_cli.training.resume import (check_resume, discard_run_folders, open_run, restore_training, resume_command,
-                                    run_folders, truncate_metrics)
+from mt_cli.training.resume import (check_resume, discard_run_folders, initial_weights, open_run, restore_training,
+                                    resume_command, run_folders, truncate_metrics)
 from mt_cli.training.signals import Signals
 from mt_cli.training.state import RunState, StopReason
 from mt_cli.training.trainer import RunContext, Trainer
@@ -47,6 +47,9 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
         check_resume(checkpoint, cfg, resume_path, result_dir, log)
     with Signals(log, second_quits=world == 1) as signals:  # from here on, a signal stops the run cleanly
         codecs, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
+        init = None
+        if cfg.train.init_from and not resume_path:  # checked before the run claims its folders
+            init = distributed.on_main(initial_weights, cfg, codecs, log)
         if not resume_path:  # the run can start: claim its name (the next run of this config gets -2)
             saved_dir, result_dir = distributed.on_main(run_folders, cfg, saved_root, result_root, claim=True)
         elif rank == 0:
@@ -58,7 +61,10 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
             train_split.to(dev)
             valid_split.to(dev)
             parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log, rank, world)
-            state = RunState()
+            state = RunState(world=world)
+            if init is not None:
+                parts.model.load_state_dict(init)
+                del init
             if checkpoint is not None:
                 state = restore_training(checkpoint, parts, rank=rank, world=world, log=log)
                 log(f"resuming {resume_path}: epoch {state.epoch}, step {state.step}, batch {state.position}")

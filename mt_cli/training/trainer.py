@@ -63,6 +63,20 @@ class EpochProgress:
         return self.stopped_at is not None and self.stopped_at < self.batches
 
 
+def batch_groups(batches, start: int, size: int):
+    """(position after the group, its batches): `size` consecutive batches per update; the epoch's last
+    group may be smaller. Positions count batches, so a saved position is always at a group's end."""
+    group, position = [], start
+    for batch in batches:
+        group.append(batch)
+        position += 1
+        if len(group) == size:
+            yield position, group
+            group = []
+    if group:
+        yield position, group
+
+
 class Trainer:
     def __init__(self, ctx: RunContext, parts: Components, codecs: dict, train_split: Split, valid_split: Split,
                  valid_refs: list[str], state: RunState, signals: Signals, writer: Writer, report_epoch):
@@ -103,17 +117,17 @@ class Trainer:
         progress, request, started = EpochProgress(len(plan)), None, time.time()
         bar = tqdm(iterate(self.train_split, plan, self.ctx.device, start), total=len(plan), initial=start,
                    desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False, mininterval=1.0)
-        for position, batch in enumerate(bar, start):
-            self.run_step(batch, epoch, position)
-            progress.n_src += batch.n_src
-            progress.n_tgt += batch.n_tgt
+        for position, group in batch_groups(bar, start, cfg.accumulate):  # position: batches done after it
+            self.run_step(group, epoch, position)
+            progress.n_src += sum(batch.n_src for batch in group)
+            progress.n_tgt += sum(batch.n_tgt for batch in group)
             request = self.signals.hit if self.ctx.world == 1 else None  # a host flag: free to read every step
             if state.step % self.check_every == 0:
-                request = self.check_health(epoch, position + 1)
+                request = self.check_health(epoch, position)
             if cfg.save_every and state.step % cfg.save_every == 0:
-                self.checkpointer.save_last(self.point(epoch, position + 1))
+                self.checkpointer.save_last(self.point(epoch, position))
             if request or self.max_steps_reached():
-                progress.stopped_at = position + 1
+                progress.stopped_at = position
                 break
         bar.close()
         progress.seconds = max(time.time() - started, 1e-9)
@@ -125,18 +139,19 @@ class Trainer:
             progress.last = self.checkpointer.save_last(self.point(epoch, progress.stopped_at))
         return progress
 
-    def run_step(self, batch: Batch, epoch: int, position: int) -> None:
-        """One optimizer step; a CUDA out-of-memory batch is skipped, and repeated ones stop the run."""
+    def run_step(self, group: list[Batch], epoch: int, position: int) -> None:
+        """One optimizer step (over a group of train.accumulate batches); a CUDA out-of-memory batch is
+        skipped, and repeated ones stop the run."""
         self.state.step += 1
         self.parts.schedule.before_step(self.state.step)
         try:
-            self.parts.stepper(batch)
+            self.parts.stepper(group)
         except torch.cuda.OutOfMemoryError:
             try:
-                self.parts.stepper.oom(batch, self.cfg.train.max_oom)
+                self.parts.stepper.oom(group[-1], self.cfg.train.max_oom)
             except RuntimeError as e:
                 if self.ctx.world == 1:  # with several processes the others are inside a collective: just stop
-                    self.checkpointer.save_last(self.point(epoch, position + 1))
+                    self.checkpointer.save_last(self.point(epoch, position))
                 raise self.stopped(f"{e} (checkpoint: {self.checkpointer.last_path}; continue with "
                                    f"`{self.ctx.resume_hint}`)", StopReason.OOM) from None
 
