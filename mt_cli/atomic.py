@@ -89,6 +89,50 @@ def atomic_path(path: str | Path):
         raise
 
 
+class _RecordingFile:
+    """A binary file that remembers the first OSError of its writes. torch.save's zip writer swallows the
+    ENOSPC of a full disk and fails later with an unrelated RuntimeError ("unexpected pos"), or not at all."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def _call(self, method, *args):
+        try:
+            return method(*args)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def write(self, data):
+        return self._call(self._f.write, data)
+
+    def flush(self):
+        return self._call(self._f.flush)
+
+    def __getattr__(self, name):  # seek, tell, fileno, ... as the real file
+        return getattr(self._f, name)
+
+
+@contextmanager
+def atomic_file(path: str | Path):
+    """Yield a binary file that replaces `path` atomically when the block ends. Any failure while writing,
+    even one a library hides in its own exception (torch.save), is reported as the OSError it was: an
+    OutputError such as `cannot write PATH: the disk is full (...)`; `path` is untouched, no temp file stays."""
+    with atomic_path(path) as tmp:
+        f = None
+        try:
+            with open(tmp, "wb") as raw:
+                f = _RecordingFile(raw)
+                yield f
+        except Exception:
+            if f is not None and f.error is not None:
+                raise f.error from None  # atomic_path turns it into the OutputError
+            raise
+        if f.error is not None:  # a writer that ignored the failure and returned as if all was written
+            raise f.error
+
+
 def _remove(p) -> None:
     try:
         os.unlink(p)
@@ -110,7 +154,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         f.write(data)
 
 
@@ -152,3 +196,77 @@ def check_writable(folder: str | Path) -> None:
         os.unlink(tmp)
     except OSError as e:
         raise explain(folder, e) from None
+
+
+class SameFileError(ValueError):
+    """An output that names one of the command's own inputs (exit 2: writing it would destroy the input)."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file, by path or through a symbolic or hard link (os.path.samefile: device and inode).
+    Only files and folders count: a terminal or pipe as both input and output destroys nothing."""
+    try:
+        return (a.is_file() or a.is_dir()) and os.path.samefile(a, b)
+    except (OSError, ValueError):  # one of them does not exist (yet): it cannot be the other
+        return False
+
+
+def refuse_overwrite(outputs, inputs: dict, option: str = "--output") -> None:
+    """Refuse, before anything is written, an output file that is one of the inputs. `outputs`: a path or the
+    paths the command will write; `inputs`: {label: path or list of paths}, e.g. {"--input": "in.de"}."""
+    outs = [outputs] if isinstance(outputs, (str, Path)) else list(outputs)
+    for label, paths in inputs.items():
+        for given in [paths] if isinstance(paths, (str, Path)) else paths or []:
+            if given in (None, "-"):
+                continue
+            for out in outs:
+                if out not in (None, "-") and _same_file(Path(out), Path(given)):
+                    shown = outs[0] if len(outs) == 1 else out
+                    raise SameFileError(f"{option} {shown}: is the same file as {label} {given}; "
+                                        f"choose another output")
+
+
+def refuse_overwrite_in(folder, pattern: str, inputs: dict, option: str) -> None:
+    """Refuse an output folder whose files (named like the glob `pattern`) could replace an input in it."""
+    if folder is None or not Path(folder).is_dir():
+        return  # a folder that does not exist yet holds no input
+    for label, paths in inputs.items():
+        for given in [paths] if isinstance(paths, (str, Path)) else paths or []:
+            if given in (None, "-") or not Path(given).exists():
+                continue
+            real = Path(given).resolve()
+            if _same_file(real.parent, Path(folder)) and real.match(pattern):
+                raise SameFileError(f"{option} {folder}: would overwrite {label} {given} (it writes {pattern} "
+                                    f"files there); choose another folder")
+
+
+def first_missing(path: str | Path) -> Path | None:
+    """The outermost folder on the way to `path` that does not exist yet (what writing there would create)."""
+    path, missing = Path(path).absolute(), None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
+@contextmanager
+def no_new_folders_on_failure(*folders):
+    """If the block fails, remove the folders on the way to `folders` that it created, when they are empty
+    again (only empty ones: a concurrent command's files in them are never touched)."""
+    roots = {r for r in (first_missing(f) for f in folders if f is not None) if r is not None}
+    try:
+        yield
+    except BaseException:
+        for root in roots:
+            remove_empty_tree(root)
+        raise
+
+
+def remove_empty_tree(root: Path) -> None:
+    """Remove `root` and the folders under it, bottom up, as far as they hold no files."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass

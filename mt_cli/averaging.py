@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from mt_cli.checkpoint import load_checkpoint, save_state
+from mt_cli.atomic import refuse_overwrite
+from mt_cli.checkpoint import CheckpointError, load_checkpoint, save_state
 
 
 def epoch_checkpoints(folder: Path) -> list[Path]:
@@ -32,12 +33,23 @@ def _same(a, b) -> bool:
     return a == b
 
 
+def _check_tensors(weights: dict, path: Path, reference: dict, reference_path: Path) -> None:
+    """Every weight a tensor of the reference's shape and dtype, else one line naming the tensor and both files."""
+    for name, ref in reference.items():
+        t = weights[name]
+        if not isinstance(t, torch.Tensor) or not isinstance(ref, torch.Tensor):
+            bad = path if not isinstance(t, torch.Tensor) else reference_path
+            raise CheckpointError(f"{bad}: weight {name} is not a tensor; not an mt_cli checkpoint")
+        if t.shape != ref.shape or t.dtype != ref.dtype:
+            raise CheckpointError(f"tensor {name} is {list(t.shape)} {t.dtype} in {path} but {list(ref.shape)} "
+                                  f"{ref.dtype} in {reference_path}; average checkpoints of one run")
+
+
 def average_checkpoints(paths: list[Path], out: Path) -> Path:
     """Element-wise mean of the weights of `paths`; metadata from the last one."""
     if not paths:
         raise ValueError("no checkpoints to average")
-    if any(Path(out).resolve() == Path(p).resolve() for p in paths):
-        raise ValueError(f"{out}: is one of the checkpoints to average; write the average to a new file")
+    refuse_overwrite(out, {"the checkpoint to average": paths})
     ckpts = [load_checkpoint(p) for p in paths]
     first = ckpts[-1]
     keys = first["model"].keys()
@@ -47,6 +59,7 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
         if not same:
             raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; average checkpoints of "
                              f"one run")
+        _check_tensors(c["model"], p, first["model"], paths[-1])
     avg = {}
     for k in keys:
         t = first["model"][k]

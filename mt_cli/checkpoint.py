@@ -1,15 +1,11 @@
 """Self-contained checkpoints: weights + plain metadata, saved atomically, loaded without running code."""
 from __future__ import annotations
 
-import pickle
-import re
-import zipfile
 from pathlib import Path
 
 import torch
 
-from mt_cli import __version__
-from mt_cli.atomic import atomic_path
+from mt_cli import __version__, torch_io
 from mt_cli.config import Config, ConfigError, config_from_dict
 from mt_cli.data.tokenize import SideCodec
 from mt_cli.model.transformer import Transformer, build_model
@@ -22,10 +18,8 @@ class CheckpointError(ValueError):
 
 
 def save_state(path: str | Path, state: dict) -> None:
-    """torch.save `state` atomically. Writing through a Python file object turns a full disk into an
-    OSError (ENOSPC), which atomic_path reports as a clear OutputError, instead of a zip-writer RuntimeError."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(state, f)
+    """torch.save `state` atomically; a full disk is `cannot write PATH: the disk is full`, the old file intact."""
+    torch_io.save(path, state)
 
 
 def checkpoint_state(*, weights: dict, cfg: Config, codecs: dict, epoch: int, step: int,
@@ -51,47 +45,11 @@ def save_checkpoint(path: Path, *, model, cfg: Config, codecs: dict, epoch: int,
                                       metrics=metrics, train_state=train_state))
 
 
-def _first_line(e: BaseException, default: str = "") -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:160] if text else default
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """Load with weights_only=True: tensors and plain data only, never code. Every way a file can be
     unusable (missing, empty, truncated, foreign, unsafe) becomes a one-line CheckpointError."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint (an interrupted copy?)")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
-        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if unsafe:
-            raise CheckpointError(f"{path}: refused to load: it asks to import {unsafe.group(1)}, which could run "
-                                  f"code; mt_cli only loads tensors and plain data (weights_only). "
-                                  f"Do not use checkpoints from untrusted sources") from None
-        op = re.search(r"(Unsupported operand \d+|Unsupported class [\w.]+)", str(e))
-        raise CheckpointError(f"{path}: refused to load: not an mt_cli checkpoint (data other than tensors and "
-                              f"plain values{': ' + op.group(1) if op else ''})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        if isinstance(e, EOFError) or re.search(r"central directory|truncat|EOF", str(e)):
-            raise CheckpointError(f"{path}: damaged: the file is truncated (a crash while copying or writing it?); "
-                                  f"use another copy") from None
-        first = re.split(r"(?<=\.) ", _first_line(e, type(e).__name__))[0]
-        raise CheckpointError(f"{path}: damaged or not a checkpoint ({first})") from None
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
-    except Exception as e:  # noqa: BLE001 - foreign files fail in many ways (KeyError, ValueError, ...)
-        raise CheckpointError(f"{path}: not a checkpoint ({type(e).__name__}: {_first_line(e, 'unreadable')})") \
-            from None
+    ckpt = torch_io.safe_load(path, "checkpoint", CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mt_cli checkpoint (expected format {FORMAT})")
     missing = [k for k in ("config", "codecs", "model") if not isinstance(ckpt.get(k), dict)]
@@ -116,12 +74,31 @@ def restore(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, C
         from mt_cli.data.vocab import PAD
 
         model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD)
+        misfit = weights_misfit(ckpt["model"], model.state_dict())
+        if misfit:
+            raise RuntimeError(misfit)
         model.load_state_dict(ckpt["model"])
     except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         msg = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(f"{path}: incompatible checkpoint (written by mt_cli {ckpt.get('version', '?')}, "
                               f"this is {__version__}): {msg}") from None
     return model, cfg, codecs
+
+
+def weights_misfit(weights: dict, expected: dict) -> str | None:
+    """What first keeps `weights` from loading into a model whose state dict is `expected`, naming the
+    tensor (torch only says `Error(s) in loading state_dict`); None when they fit."""
+    for name, want in expected.items():
+        got = weights.get(name)
+        if got is None:
+            return f"tensor {name} is missing from the file"
+        if not isinstance(got, torch.Tensor):
+            return f"{name} is a {type(got).__name__}, not a tensor"
+        if got.shape != want.shape:
+            return (f"tensor {name} has shape {list(got.shape)} in the file but {list(want.shape)} in the model "
+                    f"its config describes")
+    unexpected = next((k for k in weights if k not in expected), None)
+    return f"tensor {unexpected} in the file is not part of the model its config describes" if unexpected else None
 
 
 def load_for_inference(path: str | Path, device: torch.device):

@@ -8,6 +8,32 @@ import warnings
 
 import typer
 
+MAX_LINE = 1000  # characters of an error line: messages echo user values (a path, a name), which may be huge
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """`text` as one line of at most `limit` characters (cut ones end with '…')."""
+    text = " ".join(part.strip() for part in str(text)[:limit * 4].splitlines() if part.strip())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def say_error(msg: str, prefix: str = "error: ") -> None:
+    typer.echo(one_line(prefix + str(msg)), err=True)
+
+
+class _CappedStream:
+    """stderr for click's usage errors, whose messages repeat the bad value: each line is capped."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        lines = text.split("\n")
+        return self.stream.write("\n".join(one_line(x) if len(x) > MAX_LINE else x for x in lines))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
 
 def run_reporting_errors(app) -> None:
     """Run the Typer `app`; known failures become one line on stderr and a non-zero exit, never a traceback."""
@@ -23,10 +49,10 @@ def run_reporting_errors(app) -> None:
                 typer.echo("interrupted", err=True)
             sys.exit(rc)
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
+        say_error(e)
         sys.exit(2)
     except OutputError as e:
-        typer.echo(f"error: {e.strerror or e}", err=True)
+        say_error(e.strerror or e)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -36,10 +62,10 @@ def run_reporting_errors(app) -> None:
 
         if isinstance(e, TrainingStopped):
             if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 tells
-                typer.echo(f"stopped: {e}", err=True)
+                say_error(e, "stopped: ")
             sys.exit(1)
         _click_exit(e)
-        typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+        say_error(f"{type(e).__name__}: {e}")
         sys.exit(1)
 
 
@@ -51,7 +77,7 @@ def _click_exit(e: Exception) -> None:
         e.show()
         sys.exit(0)
     if "ClickException" in names:
-        e.show()
+        e.show(file=_CappedStream(sys.stderr))
         sys.exit(e.exit_code)
     if "Exit" in names:
         if e.exit_code == 130:  # Ctrl-C, turned into an exit by Typer

@@ -2,7 +2,6 @@
 write leaves the old file intact; a full disk or an unwritable folder is said clearly."""
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 import shutil
@@ -12,14 +11,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reliability_support as S  # noqa: E402
 
 import mt_cli.checkpoint as C  # noqa: E402
-from mt_cli.atomic import (OutputError, atomic_path, check_writable, explain, remove_stale_temps,  # noqa: E402
-                           write_json, write_text)
+from mt_cli.atomic import (OutputError, atomic_path, check_writable, explain,  # noqa: E402
+                           no_new_folders_on_failure, remove_stale_temps, write_json, write_text)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,16 +80,21 @@ def test_a_process_killed_while_writing_a_checkpoint_leaves_the_old_one_intact(t
     assert last.read_bytes() == before
 
 
-def test_a_full_disk_is_reported_clearly_and_the_old_checkpoint_survives(tmp_path, monkeypatch):
-    """A real ENOSPC from the kernel: the checkpoint bytes go to /dev/full."""
-    target = tmp_path / "last.pt"
-    C.save_state(target, {"format": "old", "w": torch.zeros(3)})
-    before = target.read_bytes()
-    monkeypatch.setattr(C, "open", lambda path, mode="r": builtins.open("/dev/full", mode), raising=False)
-    with pytest.raises(OutputError, match=r"cannot write .*last.pt: the disk is full") as e:
-        C.save_state(target, {"format": "new", "w": torch.ones(100_000)})
-    assert e.value.errno == errno.ENOSPC
-    assert target.read_bytes() == before and not S.stray_temps(tmp_path)
+def test_a_failed_command_removes_the_empty_folders_it_made_and_nothing_else(tmp_path):
+    """A full disk on a real file system is in test_hostile_io.py; here: what is removed after a failure."""
+    other = tmp_path / "result" / "other-run" / "log.txt"  # a concurrent command's file under the same new root
+    with pytest.raises(RuntimeError, match="boom"):
+        with no_new_folders_on_failure(tmp_path / "result" / "ev", tmp_path / "maps" / "a"):
+            (tmp_path / "result" / "ev" / "deep").mkdir(parents=True)
+            (tmp_path / "maps" / "a").mkdir(parents=True)
+            other.parent.mkdir()
+            other.write_text("keep me")
+            raise RuntimeError("boom")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == \
+        ["result", "result/other-run", "result/other-run/log.txt"]
+    with no_new_folders_on_failure(tmp_path / "kept"):  # no failure: everything stays
+        (tmp_path / "kept").mkdir()
+    assert (tmp_path / "kept").is_dir()
 
 
 @pytest.mark.parametrize("code, words", [
