@@ -22,7 +22,9 @@ def _say(msg: str) -> None:
 
 
 def _fail(msg: str, code: int) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    from mt_cli.errors import say_error
+
+    say_error(msg)
     raise typer.Exit(code)
 
 
@@ -113,15 +115,22 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
              limit: int = typer.Option(10, "--limit", help="Sentences per split with an attention map."),
              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
-    from mt_cli.atomic import check_writable
+    from mt_cli.atomic import check_writable, no_new_folders_on_failure, refuse_overwrite_in
     from mt_cli.checkpoint import load_for_inference
-    from mt_cli.evaluate import evaluate_splits, format_table
+    from mt_cli.evaluate import evaluate_splits, format_table, report_files
 
     _check_beam(beam)
+    splits, tag = split or ["test_2016_flickr"], f".{Path(checkpoint).stem}"
+    out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
+    # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
+    _refuse_overwrite({"--out": out_dir}, {"--checkpoint": checkpoint},
+                      {"--out": report_files(splits, tag, beam or 1)})
     if attention:
         maps = _attention_setup(attention, attention_layer, attention_heads)
         if limit < 1:
             _fail(f"--limit {limit}: must be >= 1", 2)
+        for name in splits:
+            refuse_overwrite_in(Path(attention) / name, "*.png", {"--checkpoint": checkpoint}, "--attention")
     dev = _device(device)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
     if attention:
@@ -130,20 +139,33 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
         check_selection(model, *maps)
     if data_root:
         cfg.data.root = data_root
-    out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
     check_writable(out_dir)  # before decoding, not after
-    # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
-    report = evaluate_splits(model, codecs, cfg, split or ["test_2016_flickr"], dev, beam or 1, out_dir,
-                             _amp(dev), log=_say, tag=f".{Path(checkpoint).stem}", checkpoint=str(checkpoint))
-    typer.echo(format_table(report))
-    typer.echo(f"report: {out_dir}")
-    if attention:
-        from mt_cli.attention_maps import split_items, write_attention_maps
+    with no_new_folders_on_failure(out_dir, attention):  # a failure leaves no empty eval/ or map folders
+        report = evaluate_splits(model, codecs, cfg, splits, dev, beam or 1, out_dir, _amp(dev), log=_say, tag=tag,
+                                 checkpoint=str(checkpoint))
+        typer.echo(format_table(report))
+        typer.echo(f"report: {out_dir}")
+        if attention:
+            from mt_cli.attention_maps import split_items, write_attention_maps
 
-        for name in report:
-            items = split_items(model, codecs, cfg, name, dev, beam or 1, limit, _amp(dev))
-            paths = write_attention_maps(model, codecs, items, Path(attention) / name, dev, *maps)
-            _say(f"wrote {len(paths)} attention maps to {Path(attention) / name}")
+            for name in report:
+                items = split_items(model, codecs, cfg, name, dev, beam or 1, limit, _amp(dev))
+                paths = write_attention_maps(model, codecs, items, Path(attention) / name, dev, *maps)
+                _say(f"wrote {len(paths)} attention maps to {Path(attention) / name}")
+
+
+def _refuse_overwrite(outputs: dict, inputs: dict, names: dict | None = None) -> None:
+    """No output may replace an input (by path, symlink or hard link). `outputs`: {option: file, or folder of
+    .png maps (--attention)}; `names`: {option: the files written into that folder} where they are known."""
+    from mt_cli.atomic import refuse_overwrite, refuse_overwrite_in
+
+    for option, out in outputs.items():
+        if option == "--attention":
+            refuse_overwrite_in(out, "*.png", inputs, option)
+        elif names and option in names:
+            refuse_overwrite([Path(out) / n for n in names[option]], inputs, option)
+        else:
+            refuse_overwrite(out, inputs, option)
 
 
 def _attention_setup(folder: str, layer: str, heads: str):
@@ -173,6 +195,7 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
     from mt_cli.translate import translate_lines
 
     _check_beam(beam, nbest)
+    _refuse_overwrite({"--output": output, "--attention": attention}, {"--input": input, "--checkpoint": checkpoint})
     maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
     if output != "-":
         if Path(output).is_dir():
@@ -236,6 +259,7 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 
     dev = _device(device)
     path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
+    _refuse_overwrite({"--out": path}, {"--config": config, "--checkpoint": checkpoint})
     check_writable(path.parent)
     if checkpoint:
         # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
@@ -283,8 +307,11 @@ def plot(runs: List[str] = typer.Argument(..., help="Run folders, or run names u
                                            help="PNG file [<run>/curves.png for one run, curves.png for several]."),
          result: str = typer.Option("result", "--result", help="Where run names are looked up.")):
     """Draw learning curves (loss, validation BLEU, learning rate) of one run, or several overlaid."""
-    from mt_cli.plots import plot_runs
+    from mt_cli.plots import plot_runs, resolve_run
 
+    if out:  # the run files plot reads: metrics.jsonl of each run (a missing run is plot_runs' to report)
+        found = [resolve_run(r, result) for r in runs if Path(r).is_dir() or (Path(result) / r).is_dir()]
+        _refuse_overwrite({"--out": out}, {"the run file": [f / "metrics.jsonl" for f in found]})
     typer.echo(f"wrote {plot_runs(runs, out, result)}")
 
 

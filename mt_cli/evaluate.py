@@ -66,42 +66,63 @@ def decode_split(model, codecs, cfg: Config, data: Split, device, beam_size: int
     return [codecs["tgt"].decode(r[0][0]) for r in results]
 
 
+def report_files(splits: list[str], tag: str, beam_size: int) -> list[str]:
+    """The names evaluate_splits writes into its folder: one hypothesis file per split, then the report."""
+    return [f"{split}{tag}.beam{beam_size}.hyp" for split in splits] + [f"eval{tag}.beam{beam_size}.json"]
+
+
 def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_size: int, out_dir: Path | None,
                     amp_dtype=None, log=print, tag: str = "", checkpoint: str | None = None) -> dict:
     """Decode and score each split; write hypotheses and a JSON report under out_dir (an existing report
-    of the same tag and beam keeps its other splits if they come from the same checkpoint file)."""
-    report = {}
+    of the same tag and beam keeps its other splits if they come from the same checkpoint file). Every split
+    is checked before any decoding, and the files are written only once all splits are done."""
     made = None
     if checkpoint:  # which file, as of when: a retrained best.pt must not share a report with the old one
         from datetime import datetime
 
         made = datetime.fromtimestamp(Path(checkpoint).stat().st_mtime).isoformat()
-    for split in splits:
-        data, _, refs = load_eval_split(cfg, split)
+    loaded = {split: load_eval_split(cfg, split) for split in splits}  # a bad --split fails before any work
+    report, hyps = {}, {}
+    for split, (data, _, refs) in loaded.items():
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        hyps = decode_split(model, codecs, cfg, data, device, beam_size, amp_dtype)
+        hyps[split] = decode_split(model, codecs, cfg, data, device, beam_size, amp_dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
-        res = score(hyps, refs, cfg.data.lowercase)
+        res = score(hyps[split], refs, cfg.data.lowercase)
         res.update({"beam_size": beam_size, "seconds": round(secs, 3),
-                    "sentences_per_s": round(len(hyps) / max(secs, 1e-9), 1)})
+                    "sentences_per_s": round(len(hyps[split]) / max(secs, 1e-9), 1)})
         if checkpoint:
             res.update(checkpoint=checkpoint, checkpoint_modified=made)
         report[split] = res
-        if out_dir is not None:
-            write_text(out_dir / f"{split}{tag}.beam{beam_size}.hyp", "".join(h + "\n" for h in hyps))
-        log(f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps)} sentences, beam {beam_size}, "
-            f"{res['sentences_per_s']:.0f} sent/s)")
+        log(f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps[split])} sentences, beam "
+            f"{beam_size}, {res['sentences_per_s']:.0f} sent/s)")
     if out_dir is not None and report:
-        path = out_dir / f"eval{tag}.beam{beam_size}.json"
-        earlier = read_json(path)
-        same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
-                if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == (checkpoint, made)}
-        write_json(path, {**same, **report})
+        _write_reports(Path(out_dir), report, hyps, tag, beam_size, (checkpoint, made))
     return report
+
+
+def _write_reports(out_dir: Path, report: dict, hyps: dict, tag: str, beam_size: int, source: tuple) -> None:
+    """The hypothesis files and the JSON report, all or none of the new ones: a failed write removes the
+    files this call created (those it replaced are whole, old or new)."""
+    names = report_files(list(report), tag, beam_size)
+    path = out_dir / names[-1]
+    earlier = read_json(path)
+    same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
+            if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == source}
+    created = []
+    try:
+        for split, name in zip(report, names):
+            created += [] if (out_dir / name).exists() else [out_dir / name]
+            write_text(out_dir / name, "".join(h + "\n" for h in hyps[split]))
+        created += [] if path.exists() else [path]
+        write_json(path, {**same, **report})
+    except BaseException:
+        for p in created:
+            p.unlink(missing_ok=True)
+        raise
 
 
 def format_table(report: dict) -> str:

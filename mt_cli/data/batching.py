@@ -9,6 +9,7 @@ import torch
 
 from mt_cli.data.sources import DataError
 from mt_cli.data.vocab import BOS, EOS, PAD
+from mt_cli.torch_io import safe_load
 
 
 @dataclass
@@ -24,12 +25,9 @@ class Split:
     """One prepared split, held as padded matrices; row `n` is an all-padding filler row."""
 
     def __init__(self, path: Path, bucket_width: int = 8):
-        try:
-            d = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise DataError(f"{path}: missing; run `mt prepare` again") from None
-        except Exception as e:  # a truncated or foreign file
-            raise DataError(f"{path}: unreadable prepared split ({type(e).__name__}); run `mt prepare` again") from None
+        if not path.exists():
+            raise DataError(f"{path}: missing; run `mt prepare` again")
+        d = safe_load(path, "prepared split", DataError, fix="run `mt prepare --force` to rebuild it")
         self.name = path.stem
         self.bucket_width = bucket_width
         src_lens = d["src_off"].diff()

@@ -17,6 +17,7 @@ from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi
                                  read_parallel, read_split_files, sha256_of, split_files)
 from mt_cli.data.tokenize import SideCodec, normalize
 from mt_cli.data.vocab import Vocab
+from mt_cli.torch_io import safe_load
 
 MANIFEST = "manifest.json"
 
@@ -191,6 +192,6 @@ def load_corpus(cfg: Config, bucket_width: int):
         changed = [f for f, s in now.items() if s != "missing" and then.get(f) not in (None, s)]
         if changed:
             raise DataError(f"{changed[0]}: changed since `mt prepare` built {folder}; run `mt prepare` again")
-    codec_state = torch.load(folder / "codecs.pt", map_location="cpu", weights_only=True)
+    codec_state = safe_load(folder / "codecs.pt", "prepared file", DataError, fix="run `mt prepare --force`")
     codecs = {side: SideCodec.from_state(codec_state[side]) for side in ("src", "tgt")}
     return codecs, Split(folder / "train.pt", bucket_width), Split(folder / "valid.pt", bucket_width), man

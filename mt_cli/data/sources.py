@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mt_cli.atomic import atomic_path, check_writable
+from mt_cli.limits import read_bounded
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{file}"
 MULTI30K_ENV = "MT_MULTI30K_DIR"
@@ -112,7 +113,7 @@ def read_lines(path: Path) -> list[str]:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            data = read_bounded(f, str(path))  # /dev/zero, a gzip bomb: refused, not a MemoryError
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
     return decode_lines(data, str(path))
