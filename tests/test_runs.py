@@ -81,7 +81,12 @@ def test_unfinished_run_and_missing_keys(tmp_path):
     assert report["differences"] == ["train.lr"]
     a = next(r for r in report["runs"] if r["run"] == "a")
     assert a["best_val_bleu"] is None and a["best_val_loss"] == 4.0 and not a["finished"]
-    assert "-" in format_runs(report)
+    table = format_runs(report).splitlines()
+    assert table[0].split() == ["run", "train.lr", "epochs", "best", "val", "BLEU", "best", "val", "loss"]
+    assert set(table[1]) == {"-", " "}  # the separator row
+    # a missing value is "-" in its own cell: a's lr (no config) and BLEU (null), b's scores (no metrics yet)
+    rows = {line.split()[0]: line.split() for line in table[2:]}
+    assert rows == {"a": ["a", "-", "1", "-", "4"], "b": ["b", "0.1", "0", "-", "-"]}
 
 
 def test_a_nan_epoch_is_not_the_best(tmp_path):
