@@ -23,6 +23,7 @@ from mt_cli.evaluate import decode_split, score, validation_loss
 from mt_cli.steps import SKIPPED, StepTotals
 from mt_cli.training.checkpointer import Checkpointer, LastState
 from mt_cli.training.components import Components
+from mt_cli.training.estimate import DurationEstimate
 from mt_cli.training.records import EpochRecord, perplexity
 from mt_cli.training.signals import Signals
 from mt_cli.training.state import BestSoFar, RunState, StopReason, TrainingStopped
@@ -89,6 +90,7 @@ class Trainer:
         # host syncs are cheap on the CPU: check every step there; on a GPU every 50 steps
         self.check_every = 1 if ctx.device.type == "cpu" else 50
         self.seen_skipped = 0.0
+        self.estimate: DurationEstimate | None = None  # made at the first epoch this process trains (CPU only)
         self.stop: StopReason | None = self.ended_already()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -114,11 +116,15 @@ class Trainer:
                                 epoch=epoch), self.ctx.rank, self.ctx.world)
         start = min(state.position, len(plan)) if epoch == state.epoch else 0
         self.seen_skipped = float(self.parts.stepper.acc[SKIPPED].item()) if start else 0.0
+        if self.estimate is None and self.ctx.device.type == "cpu":
+            self.estimate = DurationEstimate(self.steps_to_go(epoch, len(plan), start), self.cfg.name)
         progress, request, started = EpochProgress(len(plan)), None, time.time()
         bar = tqdm(iterate(self.train_split, plan, self.ctx.device, start), total=len(plan), initial=start,
                    desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False, mininterval=1.0)
         for position, group in batch_groups(bar, start, cfg.accumulate):  # position: batches done after it
             self.run_step(group, epoch, position)
+            if self.estimate is not None and (line := self.estimate.after_step()):
+                self.log(line)
             progress.n_src += sum(batch.n_src for batch in group)
             progress.n_tgt += sum(batch.n_tgt for batch in group)
             request = self.signals.hit if self.ctx.world == 1 else None  # a host flag: free to read every step
@@ -243,6 +249,14 @@ class Trainer:
         if ctx.is_main:
             jobs.append(partial(self.report_epoch, record.to_dict(), ctx.result_dir))
         self.writer.submit(*jobs)
+
+    def steps_to_go(self, epoch: int, batches: int, start: int) -> int:
+        """Updates left from batch `start` of `epoch` to the end of the run (train.epochs or train.max_steps)."""
+        per_epoch = -(-batches // self.cfg.train.accumulate)
+        left = -(-(batches - start) // self.cfg.train.accumulate) + per_epoch * (self.cfg.train.epochs - epoch)
+        if self.cfg.train.max_steps:
+            left = min(left, self.cfg.train.max_steps - self.state.step)
+        return max(left, 0)
 
     # -- when to stop ------------------------------------------------------------------------------
     def max_steps_reached(self) -> bool:
