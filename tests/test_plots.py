@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from matplotlib.image import imread
 
 from mt_cli.config import config_from_dict
@@ -70,12 +71,47 @@ def _png_shape(path: Path) -> tuple[int, int]:
     return img.shape[0], img.shape[1]
 
 
+def colour_pixels_per_panel(path: Path, colour: str) -> list[int]:
+    """Pixels of one matplotlib colour in each quarter of the 2×2 figure (loss, BLEU, lr, perplexity): lines
+    and markers are drawn in the run's colour, axes, text and grid never are."""
+    from matplotlib.colors import to_rgb
+
+    img = imread(path)[..., :3]
+    close = (abs(img - torch.tensor(to_rgb(colour)).numpy()).max(-1) < 0.08)
+    h, w = close.shape
+    return [int(close[r * h // 2: (r + 1) * h // 2, c * w // 2: (c + 1) * w // 2].sum()) for r in (0, 1) for c in (0, 1)]
+
+
+def metrics_file(result: Path) -> list[dict]:
+    """metrics.jsonl read here line by line, independently of read_metrics."""
+    return [json.loads(line) for line in (result / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_the_curves_are_the_metrics(trained):
+    """Each panel's lines hold exactly the epochs and values of metrics.jsonl."""
+    from mt_cli.plots import curves_figure
+
+    result, _ = trained
+    recs = metrics_file(result)
+    assert [r["epoch"] for r in recs] == [1, 2] and all(isinstance(r["val_bleu"], float) for r in recs)
+    fig = curves_figure([("run", read_metrics(result))])
+    loss, bleu, lr, ppl = fig.axes[:4]
+    want = {(loss, 0): "train_loss", (loss, 1): "val_loss", (bleu, 0): "val_bleu", (lr, 0): "lr", (ppl, 0): "val_ppl"}
+    for (ax, i), key in want.items():
+        line = ax.get_lines()[i]
+        assert list(line.get_xdata()) == [1, 2], key
+        assert list(line.get_ydata()) == [r[key] for r in recs], key
+    assert [len(ax.get_lines()) for ax in (loss, bleu, lr, ppl)] == [2, 1, 1, 1]
+
+
 def test_training_draws_curves_every_epoch(trained):
     result, log = trained
     png = result / "curves.png"
     assert png.is_file()
     assert _png_shape(png) == CURVES_PX
     assert len(read_metrics(result)) == 2
+    # every panel has its curve drawn (a blank figure of the right size has none of the run's colour)
+    assert all(n > 50 for n in colour_pixels_per_panel(png, "C0")), colour_pixels_per_panel(png, "C0")
     assert not any(line.startswith("warning: could not") for line in log)
     assert not list(result.glob(".curves.png.*"))  # no temporary files left behind
 
@@ -142,6 +178,8 @@ def test_mt_plot_compares_runs(trained, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert stdout == f"wrote {out}\n"
     assert _png_shape(out) == CURVES_PX
+    for colour in ("C0", "C1"):  # both runs are drawn in every panel, one colour each
+        assert all(n > 50 for n in colour_pixels_per_panel(out, colour)), (colour, colour_pixels_per_panel(out, colour))
     # one run, default file: <run>/curves.png, redrawn
     (root / "a" / "curves.png").unlink()
     assert plot_runs(["a"], result_root=root) == root / "a" / "curves.png"
