@@ -1,7 +1,6 @@
 """The `mt` command line: a thin layer that parses, loads the config, and calls one function per command."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -187,49 +186,56 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
               device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
               attention: Optional[str] = typer.Option(None, "--attention", help="Also draw a cross-attention map "
                                                       "per line (of the best translation) into this folder: NNNN.png."),
-              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
-    """Translate a file or stdin, keeping line count and order."""
-    from mt_cli.atomic import atomic_path, check_writable
+              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt,
+              chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Lines read, translated and written "
+                                              "at a time (memory grows with it)."),
+              max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest input line accepted."),
+              sample: Optional[str] = typer.Option(None, "--sample", help="Sample instead of searching: topk:K or "
+                                                   "topp:P (e.g. back-translation)."),
+              seed: int = typer.Option(0, "--seed", help="Random seed of --sample.")):
+    """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
+    from mt_cli.atomic import check_writable
     from mt_cli.checkpoint import load_for_inference
-    from mt_cli.data.sources import decode_lines, read_lines
-    from mt_cli.translate import translate_lines
+    from mt_cli.decode import Sampler
+    from mt_cli.translate import open_input, output_writer, read_chunks, sigterm_raises, translate_stream
 
     _check_beam(beam, nbest)
     _refuse_overwrite({"--output": output, "--attention": attention}, {"--input": input, "--checkpoint": checkpoint})
+    if chunk_lines < 1 or max_line_bytes < 1:
+        _fail(f"--chunk-lines {chunk_lines} / --max-line-bytes {max_line_bytes}: must be >= 1", 2)
+    sampler = Sampler.parse(sample, seed) if sample else None
+    if sampler and (nbest > 1 or (beam or 1) > 1):
+        _fail(f"--sample {sample} draws one translation per line: it takes no --beam or --nbest", 2)
     maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
     if output != "-":
         if Path(output).is_dir():
             _fail(f"--output {output}: is a folder; name a file in it", 2)
         check_writable(Path(output).resolve().parent)
     dev = _device(device)
-    if input != "-":  # a missing input file answers before the model loads
-        lines = read_lines(Path(input))
+    stream, where = open_input(input)  # a missing input file answers before the model loads
     model, cfg, codecs = load_for_inference(checkpoint, dev)
     if attention:
         from mt_cli.attention_maps import check_selection
 
         check_selection(model, *maps)
-    if nbest > (beam or cfg.decode.beam_size):
+    if not sampler and nbest > (beam or cfg.decode.beam_size):
         _fail(f"--nbest {nbest} needs a beam of at least {nbest} (--beam)", 2)
-    if input == "-":
-        lines = decode_lines(sys.stdin.buffer.read(), "stdin")
-    ids = [] if attention else None
-    hyps = translate_lines(model, cfg, codecs, lines, dev, beam, nbest, _amp(dev), show_progress=input != "-",
-                           warn=_say, ids_out=ids)
-    text = "".join("\t".join(h) + "\n" for h in hyps)
-    if output == "-":
-        sys.stdout.write(text)
-    else:
-        with atomic_path(output) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-        _say(f"wrote {len(hyps)} lines to {output}")
-    if attention:
+    n_maps = []
+
+    def draw(items):  # one chunk's attention maps, written as the chunk is done
         from mt_cli.attention_maps import write_attention_maps
 
-        width = max(4, len(str(len(lines))))
-        items = [(f"{i + 1:0{width}d}", s, h) for i, s, h in ids]
-        paths = write_attention_maps(model, codecs, items, attention, dev, *maps)
-        _say(f"wrote {len(paths)} attention maps to {attention}")
+        named = [(f"{i:0{max(4, len(str(i)))}d}", s, h) for i, s, h in items]
+        n_maps.extend(write_attention_maps(model, codecs, named, attention, dev, *maps))
+
+    with sigterm_raises(), stream, output_writer(output) as write:
+        n = translate_stream(model, cfg, codecs, read_chunks(stream, where, chunk_lines, max_line_bytes), write,
+                             dev, beam, nbest, _amp(dev), show_progress=input != "-", warn=_say,
+                             on_chunk=draw if attention else None, sampler=sampler)
+    if output != "-":
+        _say(f"wrote {n} lines to {output}")
+    if attention:
+        _say(f"wrote {len(n_maps)} attention maps to {attention}")
 
 
 @app.command()
