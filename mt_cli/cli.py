@@ -341,6 +341,43 @@ def runs(names: Optional[List[str]] = typer.Argument(None, help="Runs to list [e
         typer.echo(format_runs(report))
 
 
+@app.command()
+def score(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+          input: str = typer.Option(..., "--input", "-i", help="Source sentences, one per line; - = stdin."),
+          reference: str = typer.Option(..., "--reference", "-r", help="Their translations, one per line."),
+          output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
+          length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
+                                                         help="GNMT alpha of the normalised score [config's]."),
+          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+          chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Pairs read, scored and written at a time."),
+          max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest line accepted.")):
+    """Print each pair's log-probability under the model (forced decoding): normalised<TAB>raw per line.
+
+    normalised = raw / ((5 + len) / 6) ** alpha, the score beam search ranks by (len counts <eos>)."""
+    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.score import paired_lines, score_stream
+    from mt_cli.translate import chunked, open_input, output_writer, read_bounded_lines, sigterm_raises
+
+    _refuse_overwrite({"--output": output}, {"--input": input, "--reference": reference, "--checkpoint": checkpoint})
+    if chunk_lines < 1 or max_line_bytes < 1:
+        _fail(f"--chunk-lines {chunk_lines} / --max-line-bytes {max_line_bytes}: must be >= 1", 2)
+    if input == "-" and reference == "-":
+        _fail("--input and --reference cannot both be stdin", 2)
+    if output != "-" and Path(output).is_dir():
+        _fail(f"--output {output}: is a folder; name a file in it", 2)
+    dev = _device(device)
+    (src, src_name), (ref, ref_name) = open_input(input), open_input(reference)
+    model, cfg, codecs = load_for_inference(checkpoint, dev)
+    alpha = cfg.decode.length_penalty if length_penalty is None else length_penalty
+    pairs = paired_lines(read_bounded_lines(src, src_name, max_line_bytes),
+                         read_bounded_lines(ref, ref_name, max_line_bytes), src_name, ref_name)
+    with sigterm_raises(), src, ref, output_writer(output) as write:
+        n = score_stream(model, codecs, chunked(pairs, chunk_lines, size=lambda p: len(p[0]) + len(p[1])), write,
+                         dev, alpha)
+    if output != "-":
+        _say(f"wrote {n} scores to {output}")
+
+
 def main() -> None:
     """Entry point: known failures become one line on stderr and a non-zero exit, never a traceback."""
     from mt_cli.errors import run_reporting_errors
