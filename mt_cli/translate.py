@@ -46,27 +46,42 @@ def open_input(path: str) -> tuple[BinaryIO, str]:
 
 def read_chunks(stream: BinaryIO, where: str, chunk_lines: int = DEFAULT_CHUNK_LINES,
                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
-    """Lines of a UTF-8 stream (line ends, a leading byte-order mark and a final CR dropped) in chunks of at
-    most `chunk_lines` lines. Never reads past the chunk it yields (a pipe's writer may be waiting for the
-    answer) and never holds more than `max_line_bytes` of one line: a longer line is a DataError naming it."""
-    chunk: list[str] = []
-    size, number = 0, 0
+    """Lines of a UTF-8 stream in chunks of at most `chunk_lines` lines (or about `chunk_bytes` of text)."""
+    return chunked(read_bounded_lines(stream, where, max_line_bytes), chunk_lines, chunk_bytes, _line_size)
+
+
+def read_bounded_lines(stream: BinaryIO, where: str, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> Iterator[str]:
+    """Lines of a UTF-8 stream (line ends, a leading byte-order mark and a final CR dropped), one at a time:
+    never reads past the line it yields (a pipe's writer may be waiting for the answer) and never holds more
+    than `max_line_bytes` of one line: a longer line is a DataError naming it."""
+    number = 0
     while True:
         try:
             raw = stream.readline(max_line_bytes + 2)  # + room for "\r\n"
         except (OSError, EOFError) as e:
             raise DataError(f"{where}: cannot read ({e})") from None
         if not raw:
-            break
+            return
         number += 1
-        text = _decode_line(raw, where, number, max_line_bytes)
-        chunk.append(text)
-        size += len(raw)
-        if len(chunk) >= chunk_lines or size >= chunk_bytes:
+        yield _decode_line(raw, where, number, max_line_bytes)
+
+
+def chunked(items: Iterator, chunk_lines: int, chunk_bytes: int = CHUNK_BYTES, size=len) -> Iterator[list]:
+    """Lists of at most `chunk_lines` items, ended early once their `size` reaches `chunk_bytes`."""
+    chunk: list = []
+    total = 0
+    for item in items:
+        chunk.append(item)
+        total += size(item)
+        if len(chunk) >= chunk_lines or total >= chunk_bytes:
             yield chunk
-            chunk, size = [], 0
+            chunk, total = [], 0
     if chunk:
         yield chunk
+
+
+def _line_size(line: str) -> int:
+    return len(line) + 1  # characters and the line end: about the bytes held
 
 
 def _decode_line(raw: bytes, where: str, number: int, max_line_bytes: int) -> str:
