@@ -3,6 +3,8 @@
 with a plain teacher-forced loop (independent of mt train), saved as a real checkpoint."""
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,6 +41,7 @@ def trained_tiny(real_lines, norm: str = "pre", steps: int = 400) -> SimpleNames
     if key in _CACHE:
         return _CACHE[key]
     tmp = Path(tempfile.mkdtemp(prefix=f"tiny-{norm}-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     src, tgt = real_lines("train", "de")[:N_PAIRS], real_lines("train", "en")[:N_PAIRS]
     (tmp / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)), encoding="utf-8")
     cfg = config_from_dict({
