@@ -58,12 +58,14 @@ def _amp(dev):
 def prepare(config: str = ConfigOpt, source: Optional[str] = typer.Option(
         None, "--source", help="Folder with the Multi30k .gz files (offline); default: $MT_MULTI30K_DIR or download."),
         force: bool = typer.Option(False, "--force", help="Rebuild even if the prepared corpus is up to date."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [the cores available; "
+                                              "none for a small corpus]. The output does not depend on it."),
         set_: Optional[List[str]] = SetOpt):
-    """Fetch, tokenize and numericalize the corpus into data/<name>/."""
+    """Fetch, tokenize and numericalize the corpus into data/<name>/ (streamed: memory does not grow with it)."""
     from mt_cli.data.prepare import prepare_corpus
 
     cfg = _load(config, set_)
-    prepare_corpus(cfg.data, source=source, force=force, log=_say)
+    prepare_corpus(cfg.data, source=source, force=force, log=_say, workers=workers)
 
 
 @app.command()

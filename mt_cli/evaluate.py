@@ -11,6 +11,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from mt_cli import distributed as D
 from mt_cli.atomic import read_json, write_json, write_text
 from mt_cli.config import Config
+from mt_cli.data.arrays import has_split, split_names
 from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
@@ -48,12 +49,12 @@ def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> floa
 def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str]]:
     """A prepared split: ids, source text, and references (normalized like training)."""
     folder = corpus_dir(cfg.data)
-    if not (folder / f"{split}.pt").is_file():
-        have = sorted(p.stem for p in folder.glob("*.pt") if p.stem != "codecs") if folder.is_dir() else []
+    if not has_split(folder, split):
+        have = split_names(folder)
         hint = f"available: {', '.join(have)}" if have else \
             "run `mt prepare` with this config first, or point --data-root at the folder holding it"
         raise DataError(f"{folder}: no split {split!r} ({hint})")
-    data = Split(folder / f"{split}.pt", cfg.train.bucket_width)
+    data = Split(folder / split, cfg.train.bucket_width, resident_max_mb=cfg.data.resident_max_mb)
     src = read_lines(folder / f"{split}.{cfg.data.src_lang}")
     refs = read_lines(folder / f"{split}.ref.{cfg.data.tgt_lang}")
     return data, src, refs
@@ -159,7 +160,7 @@ def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, l
         path = avg if chosen[avg.name] >= chosen[best.name] else best
         log(f"valid BLEU with beam {beam}: {', '.join(f'{k} {v:.2f}' for k, v in chosen.items())} -> {path.name}")
     model, codecs = loaded.get(path) or load(path)
-    tests = sorted(p.stem for p in corpus_dir(cfg.data).glob("test*.pt"))
+    tests = [s for s in split_names(corpus_dir(cfg.data)) if s.startswith("test")]
     log(f"testing {path.name} with beam {beam} on {', '.join(tests) or 'no test split'}")
     report = evaluate_splits(model, codecs, cfg, ["valid"] + tests, dev, beam, result_dir, amp_dtype, log, tag="")
     return {"checkpoint": str(path), **({"valid_bleu_of": chosen} if chosen else {}), **report}

@@ -359,12 +359,12 @@ def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, cli, monkeypatch):
 
 
 def test_a_complete_raw_cache_needs_no_source(run, monkeypatch):
-    from mt_cli.data.prepare import _raw_splits
+    from mt_cli.data.prepare import _split_files
 
     monkeypatch.chdir(run["tmp"])
     monkeypatch.setenv("MT_MULTI30K_DIR", "/nonexistent/multi30k")  # stale, but every file is cached
-    splits, _ = _raw_splits(run["cfg"].data, None, lambda *_: None)
-    assert len(splits["train"][0]) == 29000
+    splits, _ = _split_files(run["cfg"].data, None, lambda *_: None)
+    assert len(read_lines(splits["train"][0])) == 29000
 
 
 def test_failed_commands_leave_no_empty_folders(tmp_path, cli, multi30k_dir):

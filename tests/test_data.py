@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,11 @@ from mt_cli.data.tokenize import SideCodec, detokenize, normalize
 from mt_cli.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 
 from conftest import TINY
+
+
+def split_arrays(folder, split: str) -> dict:
+    """A prepared split's four arrays as numpy reads them (the documented .npy format, not mt_cli's reader)."""
+    return {k: torch.from_numpy(np.load(folder / f"{split}.{k}.npy")) for k in ("src", "src_off", "tgt", "tgt_off")}
 
 
 # --- tokenization -------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ def test_prepared_manifest_counts_and_checksums(prepared, multi30k_dir):
     assert len(man["files_sha256"]) == 10  # 5 splits x (de, en)
     folder = prepared.folder
     for split, info in man["splits"].items():
-        d = torch.load(folder / f"{split}.pt", weights_only=True)
+        d = split_arrays(folder, split)
         assert len(d["src_off"]) == len(d["tgt_off"]) == info["pairs"] + 1
         assert int(d["src_off"][-1]) == info["src_tokens"] == len(d["src"])
         assert int(d["tgt_off"][-1]) == info["tgt_tokens"] == len(d["tgt"])
@@ -159,7 +165,7 @@ def test_prepared_manifest_counts_and_checksums(prepared, multi30k_dir):
 def test_prepared_ids_match_the_text(prepared, real_lines):
     """Row i of every split is the encoding of raw line i, and references are normalized raw lines."""
     folder, codecs = prepared.folder, prepared.codecs
-    d = torch.load(folder / "valid.pt", weights_only=True)
+    d = split_arrays(folder, "valid")
     raw_de, raw_en = real_lines("val", "de"), real_lines("val", "en")
     for i in (0, 1, 500, 1013):
         a, b = int(d["src_off"][i]), int(d["src_off"][i + 1])
@@ -225,7 +231,7 @@ def test_prepare_skips_empty_and_too_long_training_pairs(tmp_path, real_lines):
     man = json.loads((folder / "manifest.json").read_text())["splits"]
     assert man["train"] == {**man["train"], "raw_lines": 33, "pairs": 30, "skipped_empty": 2, "skipped_too_long": 1}
     assert man["valid"]["pairs"] == man["valid"]["raw_lines"] == 5
-    assert len(Split(folder / "train.pt")) == 30
+    assert len(Split(folder / "train")) == 30
     assert read_lines(folder / "train.ref.en") == [normalize(t, True) for _, t in pairs[:30]]
 
 
@@ -285,11 +291,11 @@ def test_tsv_with_a_missing_column_names_the_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def valid_split(prepared):
-    return Split(prepared.folder / "valid.pt", bucket_width=8)
+    return Split(prepared.folder / "valid", bucket_width=8)
 
 
 def test_split_rows_hold_eos_bos_and_padding(valid_split, prepared):
-    d = torch.load(prepared.folder / "valid.pt", weights_only=True)
+    d = split_arrays(prepared.folder, "valid")
     s = valid_split
     for i in (0, 7, len(s) - 1):
         src = d["src"][int(d["src_off"][i]): int(d["src_off"][i + 1])].tolist()
@@ -390,10 +396,11 @@ def test_iterate_resumes_mid_epoch(valid_split):
 
 def test_split_missing_or_damaged_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="missing"):
-        Split(tmp_path / "valid.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a tensor file")
-    with pytest.raises(DataError, match="unreadable prepared split"):
-        Split(tmp_path / "bad.pt")
+        Split(tmp_path / "valid")
+    for name in ("src", "src_off", "tgt", "tgt_off"):
+        (tmp_path / f"bad.{name}.npy").write_bytes(b"not an array file")
+    with pytest.raises(DataError, match="unreadable prepared array"):
+        Split(tmp_path / "bad")
 
 
 def test_unknown_spacy_language_is_a_clear_data_error():

@@ -63,6 +63,11 @@ class DataConfig:
     min_freq: int = 2
     max_size: Optional[int] = None
     max_len: int = 256
+    sp_sample: int = 1_000_000  # sentences sentencepiece trains on: a random sample when the training text has more
+    max_ratio: Optional[float] = None  # training pairs whose longer side has more than this x the tokens: skipped
+    dedup: bool = False  # training pairs that repeat an earlier one (after normalization): skipped
+    drop_identical: bool = False  # training pairs whose two sides are the same text: skipped
+    resident_max_mb: int = 1024  # a split whose padded matrices fit stays on the device; larger ones are streamed
 
     def validate(self) -> None:
         langs = ("de", "en", "fr", "cs")
@@ -77,6 +82,10 @@ class DataConfig:
         _check(self.max_size is None or self.max_size >= 1, "data.max_size", "must be >= 1 or null")
         _check(8 <= self.max_len <= 4096, "data.max_len", "must be in [8, 4096]")
         _check(100 <= self.sp_vocab_size <= 100_000, "data.sp_vocab_size", "must be in [100, 100000]")
+        _check(1000 <= self.sp_sample <= 100_000_000, "data.sp_sample", "must be in [1000, 100000000]")
+        _check(self.max_ratio is None or 1.0 <= self.max_ratio <= 1000.0, "data.max_ratio",
+               "must be a number in [1, 1000] or null")
+        _check(self.resident_max_mb >= 0, "data.resident_max_mb", "must be >= 0 (0: always stream)")
 
     @property
     def corpus_name(self) -> str:
@@ -91,6 +100,10 @@ class DataConfig:
         """Hash of every setting that changes the prepared corpus."""
         d = dataclasses.asdict(self)
         d.pop("root")
+        d.pop("resident_max_mb")  # how training reads the corpus, not what it holds
+        for k in ("sp_sample", "max_ratio", "dedup", "drop_identical"):  # newer keys: at their default, corpora
+            if d[k] == getattr(DataConfig, k):                           # keep the fingerprint they had before
+                d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,15 +1,21 @@
-"""Prepared splits as padded id tensors, and length-bucketed batches of fixed shapes."""
+"""Length-bucketed batches of fixed shapes over a prepared Split: the plan (a function of seed and epoch, from
+the lengths alone), its shards, and the batches themselves, from device-resident matrices or streamed."""
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
-from pathlib import Path
 
+import numpy as np
 import torch
 
-from mt_cli.data.sources import DataError
-from mt_cli.data.vocab import BOS, EOS, PAD
-from mt_cli.torch_io import safe_load
+from mt_cli.data.split import Split
+
+__all__ = ["Batch", "Plan", "Split", "batch_plan", "iterate", "shard"]
+
+PREFETCH = 4         # streamed batches built ahead of the training step (a background thread)
+RELEASE_EVERY = 64   # streamed batches between drops of the mapped pages read (keeps the resident set flat)
 
 
 @dataclass
@@ -21,110 +27,170 @@ class Batch:
     n_tgt: int              # non-pad target tokens (the loss is over these)
 
 
-class Split:
-    """One prepared split, held as padded matrices; row `n` is an all-padding filler row."""
+class Plan:
+    """A sequence of batches (row indices, padded length), stored compactly: one int32 array of all rows plus
+    (start, size, length) per batch, 4 bytes per sentence instead of one tensor per batch. Indexing, slicing
+    (with steps), `+` and `*` work as on a list of (idx, L) pairs."""
 
-    def __init__(self, path: Path, bucket_width: int = 8):
-        if not path.exists():
-            raise DataError(f"{path}: missing; run `mt prepare` again")
-        d = safe_load(path, "prepared split", DataError, fix="run `mt prepare --force` to rebuild it")
-        self.name = path.stem
-        self.bucket_width = bucket_width
-        src_lens = d["src_off"].diff()
-        tgt_lens = d["tgt_off"].diff()
-        self.n = len(src_lens)
-        self.src_len = src_lens + 1             # + <eos>
-        self.tgt_len = tgt_lens + 1             # + <eos> (what the loss counts)
-        width = self._round(max(1, int(self.src_len.max()) if self.n else 1, int(self.tgt_len.max()) if self.n else 1))
-        self.src = torch.full((self.n + 1, width), PAD, dtype=torch.int64)
-        self.tgt = torch.full((self.n + 1, width + 1), PAD, dtype=torch.int64)
-        self.src[self.n, 0] = EOS               # filler rows attend to one token, never to nothing
-        _scatter_rows(self.src, d["src"].long(), src_lens, first=0)
-        self.src[torch.arange(self.n), src_lens] = EOS
-        self.tgt[: self.n, 0] = BOS
-        _scatter_rows(self.tgt, d["tgt"].long(), tgt_lens, first=1)
-        self.tgt[torch.arange(self.n), tgt_lens + 1] = EOS
-        w = bucket_width
-        self.bucket = (torch.maximum(self.src_len, self.tgt_len) + w - 1).div(w, rounding_mode="floor").clamp(min=1) * w
-
-    def _round(self, n: int) -> int:
-        w = self.bucket_width
-        return max(w, math.ceil(n / w) * w)
+    def __init__(self, rows: torch.Tensor, start: torch.Tensor, size: torch.Tensor, length: torch.Tensor):
+        self.rows, self.start, self.size, self.length = rows, start, size, length
 
     def __len__(self) -> int:
-        return self.n
+        return len(self.start)
 
-    def to(self, device) -> "Split":
-        self.src, self.tgt = self.src.to(device), self.tgt.to(device)
-        return self
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return Plan(self.rows, self.start[k], self.size[k], self.length[k])
+        a = int(self.start[k])
+        return self.rows[a: a + int(self.size[k])].long(), int(self.length[k])
 
-    def source_rows(self, idx: torch.Tensor) -> torch.Tensor:
-        """Source ids of sentences `idx`, trimmed to their longest."""
-        L = int(self.src_len[idx].max()) if len(idx) else 1
-        return self.src[idx.to(self.src.device), :L]
+    def __iter__(self):
+        for k in range(len(self)):
+            yield self[k]
 
+    def select(self, batches) -> "Plan":
+        order = torch.as_tensor(batches, dtype=torch.int64)
+        return Plan(self.rows, self.start[order], self.size[order], self.length[order])
 
-def _scatter_rows(matrix: torch.Tensor, flat: torch.Tensor, lens: torch.Tensor, first: int) -> None:
-    """Write the concatenated sequences `flat` (lengths `lens`) into rows 0..n-1 of `matrix`,
-    starting at column `first`, in one indexing operation."""
-    rows = torch.repeat_interleave(torch.arange(len(lens)), lens)
-    starts = torch.cumsum(lens, 0) - lens
-    cols = torch.arange(len(flat)) - torch.repeat_interleave(starts, lens) + first
-    matrix[rows, cols] = flat
+    def __add__(self, other):
+        if isinstance(other, Plan) and other.rows is self.rows:
+            return Plan(self.rows, *(torch.cat([a, b]) for a, b in
+                                     ((self.start, other.start), (self.size, other.size), (self.length, other.length))))
+        return list(self) + list(other)
+
+    def __mul__(self, times: int) -> "Plan":
+        return Plan(self.rows, self.start.repeat(times), self.size.repeat(times), self.length.repeat(times))
+
+    def indices(self) -> torch.Tensor:
+        """All row indices of the plan, batch after batch (int64)."""
+        total = int(self.size.sum())
+        first = torch.cumsum(self.size, 0) - self.size
+        pos = torch.repeat_interleave(self.start - first, self.size) + torch.arange(total)
+        return self.rows[pos].long()
 
 
 def batch_plan(split: Split, batch_sentences: int | None, max_tokens: int | None, *, shuffle: bool,
-               seed: int = 0, epoch: int = 0, fill: bool = True) -> list[tuple[torch.Tensor, int]]:
+               seed: int = 0, epoch: int = 0, fill: bool = True) -> Plan:
     """Batches as (row indices, padded length). Sentences of one length bucket share a batch, so
     shapes repeat (CUDA graphs, compiled kernels); with `fill`, short batches are topped up with
     filler rows so every batch of a bucket has the same shape."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    plan = []
-    for L in torch.unique(split.bucket).tolist():
-        rows = torch.nonzero(split.bucket == L).flatten()
+    buckets, counts = torch.unique(split.bucket, return_counts=True)
+    sizes = [batch_sentences or max(1, max_tokens // int(L)) for L in buckets.tolist()]
+    padded = [math.ceil(c / s) * s if fill else c for c, s in zip(counts.tolist(), sizes)]
+    rows = torch.empty(sum(padded), dtype=torch.int32)
+    start, size, length = [], [], []
+    at = 0
+    for L, n_rows, bsize in zip(buckets.tolist(), padded, sizes):
+        idx = torch.nonzero(split.bucket == L).flatten()
         if shuffle:
-            rows = rows[torch.randperm(len(rows), generator=g)]
+            idx = idx[torch.randperm(len(idx), generator=g)]
         else:  # by length inside the bucket: less padding when decoding
-            rows = rows[torch.argsort(split.src_len[rows], stable=True)]
-        size = batch_sentences or max(1, max_tokens // L)
-        for i in range(0, len(rows), size):
-            idx = rows[i: i + size]
-            if fill and len(idx) < size:
-                idx = torch.cat([idx, torch.full((size - len(idx),), split.n, dtype=torch.int64)])
-            plan.append((idx, L))
+            idx = idx[torch.argsort(split.src_len[idx], stable=True)]
+        rows[at: at + len(idx)] = idx.to(torch.int32)
+        rows[at + len(idx): at + n_rows] = split.n  # filler rows
+        first = torch.arange(0, n_rows, bsize)
+        start.append(first + at)
+        size.append(torch.clamp(n_rows - first, max=bsize))
+        length.append(torch.full((len(first),), L, dtype=torch.int64))
+        at += n_rows
+    cat = (lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64))  # noqa: E731
+    plan = Plan(rows, cat(start), cat(size), cat(length))
     if shuffle:
-        order = torch.randperm(len(plan), generator=g).tolist()
-        plan = [plan[i] for i in order]
+        plan = plan.select(torch.randperm(len(plan), generator=g))
     return plan
 
 
-def shard(plan: list, rank: int, world: int) -> list:
+def shard(plan, rank: int, world: int):
     """Disjoint equal shares for `world` ranks; the last batches wrap around so counts match."""
     if world == 1:
         return plan
     n = math.ceil(len(plan) / world) * world
-    padded = plan + plan[: n - len(plan)]
-    return padded[rank::world]
+    order = list(range(len(plan)))
+    mine = (order + order[: n - len(plan)])[rank::world]
+    return plan.select(mine) if isinstance(plan, Plan) else [plan[i] for i in mine]
 
 
-def iterate(split: Split, plan: list[tuple[torch.Tensor, int]], device: torch.device, start: int = 0):
-    """Yield Batch objects on `device`; the epoch's indices travel to the device in one copy."""
-    if not plan:
+def _flatten(plan) -> tuple[torch.Tensor, list[int], list[int]]:
+    """(all row indices, batch sizes, padded lengths) of a Plan or of a list of (idx, L) pairs."""
+    if isinstance(plan, Plan):
+        return plan.indices(), plan.size.tolist(), plan.length.tolist()
+    return torch.cat([idx for idx, _ in plan]), [len(idx) for idx, _ in plan], [L for _, L in plan]
+
+
+def iterate(split: Split, plan, device: torch.device, start: int = 0):
+    """Yield Batch objects on `device`, from batch `start` on: the same tensors on either path of the split."""
+    if not len(plan):
         return
-    sizes = [len(idx) for idx, _ in plan]
-    all_idx = torch.cat([idx for idx, _ in plan])
-    tok_src = split.src_len.index_select(0, all_idx.clamp(max=split.n - 1)) * (all_idx < split.n)
-    tok_tgt = split.tgt_len.index_select(0, all_idx.clamp(max=split.n - 1)) * (all_idx < split.n)
-    if device.type == "cuda":
-        all_idx_dev = all_idx.pin_memory().to(device, non_blocking=True)
+    if split.resident:
+        yield from _iterate_resident(split, plan, device, start)
     else:
-        all_idx_dev = all_idx
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
-    n_src = torch.tensor([int(tok_src[a:b].sum()) for a, b in zip(offsets, offsets[1:])]).tolist()
-    n_tgt = torch.tensor([int(tok_tgt[a:b].sum()) for a, b in zip(offsets, offsets[1:])]).tolist()
-    for k in range(start, len(plan)):
-        L = plan[k][1]
+        yield from _iterate_streamed(split, plan, device, start)
+
+
+def _iterate_resident(split: Split, plan, device: torch.device, start: int):
+    # the epoch's indices travel to the device in one copy
+    all_idx, sizes, lengths = _flatten(plan)
+    real = all_idx < split.n
+    safe = all_idx.clamp(max=max(split.n - 1, 0))
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    tok = [(split.src_len.index_select(0, safe) * real).long(), (split.tgt_len.index_select(0, safe) * real).long()]
+    bounds = torch.tensor(offsets[1:], dtype=torch.int64)
+    n_src, n_tgt = (torch.diff(torch.cumsum(t, 0)[bounds - 1], prepend=torch.zeros(1, dtype=torch.int64)).tolist()
+                    for t in tok)
+    all_idx_dev = all_idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else all_idx
+    for k in range(start, len(sizes)):
+        L = lengths[k]
         idx = all_idx_dev[offsets[k]: offsets[k + 1]]
-        yield Batch(split.src[idx, :L], split.tgt[idx, :L], split.tgt[idx, 1: L + 1], n_src[k], n_tgt[k])
+        # index_select, not split.src[idx, :L]: the same tensors, but CPU advanced indexing can take milliseconds
+        yield Batch(split.src[:, :L].index_select(0, idx), split.tgt[:, :L].index_select(0, idx),
+                    split.tgt[:, 1: L + 1].index_select(0, idx), n_src[k], n_tgt[k])
+
+
+def _host_batch(split: Split, idx: torch.Tensor, L: int):
+    """A batch's (3, rows, L) int64 array (source, target in, target out) and its token counts."""
+    src, tgt = split.rows(idx, L)
+    real = idx[idx < split.n]
+    packed = np.stack([src, tgt[:, :L], tgt[:, 1:]])
+    return packed, int(split.src_len[real].sum()), int(split.tgt_len[real].sum())
+
+
+def _iterate_streamed(split: Split, plan, device: torch.device, start: int):
+    """Batches built from the memory-mapped arrays by a background thread, PREFETCH ahead of the caller."""
+    q: queue.Queue = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for k in range(start, len(plan)):
+                if not put(_host_batch(split, *plan[k])):
+                    return
+                if (k - start) % RELEASE_EVERY == RELEASE_EVERY - 1:
+                    split.release()
+            put(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(e)
+
+    worker = threading.Thread(target=produce, name=f"batches-{split.name}", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            packed, n_src, n_tgt = item
+            t = torch.from_numpy(packed)
+            if device.type == "cuda":  # pinned: the copy overlaps the running step and never syncs the host
+                t = t.pin_memory().to(device, non_blocking=True)
+            yield Batch(t[0], t[1], t[2], n_src, n_tgt)
+    finally:
+        stop.set()
+        worker.join()

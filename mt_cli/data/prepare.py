@@ -1,25 +1,27 @@
 """`mt prepare`: raw parallel text → tokenized, numericalized corpus under data/<name>/; and loading it."""
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from mt_cli import __version__
-from mt_cli.atomic import write_json, write_text
+from mt_cli.atomic import check_writable, explain, no_new_folders_on_failure, write_json
 from mt_cli.config import Config, DataConfig
-from mt_cli.data.batching import Split
+from mt_cli.data.arrays import has_split
+from mt_cli.data.fit import fit_codecs, token_files
 from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_source, multi30k_splits,
-                                 read_parallel, read_split_files, sha256_of, split_files)
-from mt_cli.data.tokenize import SideCodec, normalize
-from mt_cli.data.vocab import Vocab
-from mt_cli.torch_io import safe_load
+                                 sha256_of, split_files)
+from mt_cli.data.stream import LineBlocks, default_workers
+from mt_cli.data.tokenize import SideCodec
+from mt_cli.data.vocab import SPECIALS
+from mt_cli.data.write import write_splits
+from mt_cli.safe_parse import ParseError, load_json
 
 MANIFEST = "manifest.json"
+FORMAT = "npy-1"  # per split and side: <split>.<side>.npy tokens + <split>.<side>_off.npy offsets (data/arrays.py)
+SMALL_INPUT_BYTES = 32 << 20  # input files smaller than this in all are prepared without worker processes
 
 
 def corpus_dir(data: DataConfig) -> Path:
@@ -27,36 +29,44 @@ def corpus_dir(data: DataConfig) -> Path:
 
 
 def is_prepared(data: DataConfig) -> bool:
-    m = corpus_dir(data) / MANIFEST
-    if not m.is_file():
-        return False
+    folder = corpus_dir(data)
     try:
-        man = json.loads(m.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        man = load_manifest(folder)
+    except DataError:
         return False
     if data.corpus == "files" and man.get("files_sha256") != user_file_sums(data):
         return False
-    return man.get("fingerprint") == data.fingerprint() and all(
-        (corpus_dir(data) / f"{s}.pt").is_file() for s in man.get("splits", {}))
+    return (man.get("fingerprint") == data.fingerprint() and man.get("format") == FORMAT
+            and all(has_split(folder, s) for s in man.get("splits", {})))
 
 
-def _raw_splits(data: DataConfig, source: str | None, log) -> tuple[dict[str, tuple[list[str], list[str]]], dict]:
-    """Read every split as (source lines, target lines); Multi30k files are verified first."""
+def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, list[Path]], dict]:
+    """The file(s) of every split, training first; Multi30k files are fetched and verified first."""
     if data.corpus == "multi30k":
         names = multi30k_splits(data.src_lang, data.tgt_lang)
         files = [f"{s}.{lang}.gz" for s in names for lang in (data.src_lang, data.tgt_lang)]
         raw_dir = Path(data.root) / "multi30k_raw"
         if not all((raw_dir / f).is_file() for f in files):  # a complete cache needs no source
             source = multi30k_source(source)
-        log(f"fetching {len(files)} Multi30k files into {raw_dir} ({'from ' + source if source else 'download or cache'})")
+        origin = f"from {source}" if source else "download or cache"
+        log(f"fetching {len(files)} Multi30k files into {raw_dir} ({origin})")
         sums = fetch_multi30k(files, raw_dir, source)
-        splits = {s: read_parallel(raw_dir / f"{s}.{data.src_lang}.gz", raw_dir / f"{s}.{data.tgt_lang}.gz")
-                  for s in names}
-        splits["valid"] = splits.pop("val")
-        return splits, sums
-    specs = user_splits(data)
-    log(f"reading {', '.join(f'{s} ({spec})' for s, spec in specs.items())}")
-    return {s: read_split_files(spec, data.src_lang, data.tgt_lang) for s, spec in specs.items()}, user_file_sums(data)
+        specs = {"valid" if s == "val" else s: [raw_dir / f"{s}.{lang}.gz" for lang in (data.src_lang, data.tgt_lang)]
+                 for s in names}
+    else:
+        given = user_splits(data)
+        log(f"reading {', '.join(f'{s} ({spec})' for s, spec in given.items())}")
+        specs = {s: split_files(spec, data.src_lang, data.tgt_lang) for s, spec in given.items()}
+        sums = user_file_sums(data)
+    for name, paths in specs.items():  # a missing or empty file answers before any work
+        for p in paths:
+            blocks = LineBlocks(p)
+            try:
+                if not blocks.take(1)[1]:
+                    raise DataError(f"{p}: empty; the {name} split needs at least one sentence pair")
+            finally:
+                blocks.close()
+    return {"train": specs.pop("train"), "valid": specs.pop("valid"), **specs}, sums
 
 
 def user_splits(data: DataConfig) -> dict[str, str]:
@@ -81,83 +91,42 @@ def user_file_sums(data: DataConfig) -> dict[str, str]:
     return sums
 
 
-def _build_codecs(data: DataConfig, train_src: list[str], train_tgt: list[str], log):
-    kw = dict(lowercase=data.lowercase)
-    if data.tokenizer == "sentencepiece":
-        log(f"training sentencepiece {data.sp_type} models (vocab {data.sp_vocab_size}"
-            f"{', joint' if data.joint_vocab else ''})")
-        if data.joint_vocab:
-            joint = SideCodec.train_sentencepiece(train_src + train_tgt, data.src_lang, data.lowercase,
-                                                  data.sp_type, data.sp_vocab_size)
-            return joint, SideCodec("sentencepiece", data.tgt_lang, data.lowercase, joint.vocab, joint.sp_model)
-        return tuple(SideCodec.train_sentencepiece(texts, lang, data.lowercase, data.sp_type, data.sp_vocab_size)
-                     for texts, lang in ((train_src, data.src_lang), (train_tgt, data.tgt_lang)))
-    codecs = []
-    for texts, lang in ((train_src, data.src_lang), (train_tgt, data.tgt_lang)):
-        c = SideCodec("spacy", lang, vocab=Vocab([]), **kw)
-        c.vocab = Vocab.build(c.tokenize(texts), data.min_freq, data.max_size)
-        codecs.append(c)
-    return tuple(codecs)
-
-
-def _pack(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lens = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-    offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(lens, 0)
-    flat = torch.tensor([t for s in seqs for t in s], dtype=torch.int32)
-    return flat, offsets
-
-
 def prepare_corpus(data: DataConfig, source: str | None = None, force: bool = False,
-                   log: Callable[[str], None] = print) -> Path:
-    """Build (or reuse) the prepared corpus for `data`; returns its folder."""
+                   log: Callable[[str], None] = print, workers: int | None = None) -> Path:
+    """Build (or reuse) the prepared corpus for `data`, in `workers` processes (default: the cores available,
+    or this process alone for a small corpus); returns its folder. Every pass streams the files in chunks, so
+    memory does not grow with the corpus."""
     out = corpus_dir(data)
     if not force and is_prepared(data):
         log(f"{out}: prepared corpus is up to date (data config {data.fingerprint()}), reusing it")
         return out
+    if workers is not None and workers < 1:
+        raise DataError(f"--workers {workers}: must be >= 1")
+    check_writable(data.root)  # a file where data.root needs a folder: one line, before anything is created
+    with no_new_folders_on_failure(data.root):  # a failed prepare leaves no empty folders behind
+        return _prepare(data, source, workers, log, out)
+
+
+def _prepare(data: DataConfig, source: str | None, workers: int | None, log, out: Path) -> Path:
     t0 = time.time()
-    splits, sums = _raw_splits(data, source, log)
-    train_src, train_tgt = splits["train"]
-    src_codec, tgt_codec = _build_codecs(data, train_src, train_tgt, log)
-    log(f"vocabularies: {data.src_lang} {len(src_codec.vocab)}, {data.tgt_lang} {len(tgt_codec.vocab)}")
+    specs, sums = _split_files(data, source, log)
+    if workers is None:  # small corpora (Multi30k) are faster in this process than with workers to start
+        size = sum(p.stat().st_size for files in specs.values() for p in files if p.is_file())
+        workers = default_workers() if size > SMALL_INPUT_BYTES else 1
+    log(f"preparing in {workers} worker processes" if workers > 1 else "preparing in this process")
     tmp = fresh_tempdir(out.parent)
     try:
-        info = {}
-        for name, (src, tgt) in splits.items():
-            src_ids, tgt_ids = src_codec.encode(src), tgt_codec.encode(tgt)
-            keep = list(range(len(src)))
-            n_empty = n_long = 0
-            if name == "train":
-                keep = []
-                for i, (s, t) in enumerate(zip(src_ids, tgt_ids)):
-                    if not s or not t:
-                        n_empty += 1
-                    elif len(s) > data.max_len or len(t) > data.max_len:
-                        n_long += 1
-                    else:
-                        keep.append(i)
-            s_flat, s_off = _pack([src_ids[i] for i in keep])
-            t_flat, t_off = _pack([tgt_ids[i] for i in keep])
-            torch.save({"src": s_flat, "src_off": s_off, "tgt": t_flat, "tgt_off": t_off}, tmp / f"{name}.pt")
-            write_text(tmp / f"{name}.{data.src_lang}", "".join(src[i] + "\n" for i in keep))
-            write_text(tmp / f"{name}.ref.{data.tgt_lang}",
-                       "".join(normalize(tgt[i], data.lowercase) + "\n" for i in keep))
-            unk = sum(1 for i in keep for t in tgt_ids[i] if t == 0)
-            info[name] = {"pairs": len(keep), "raw_lines": len(src), "skipped_empty": n_empty,
-                          "skipped_too_long": n_long, "src_tokens": int(s_off[-1]), "tgt_tokens": int(t_off[-1]),
-                          "tgt_unk": unk}
-            if n_empty or n_long:
-                log(f"{name}: skipped {n_empty} pairs with an empty side and {n_long} longer than "
-                    f"max_len={data.max_len} tokens")
-            log(f"{name}: {len(keep)} pairs")
-        torch.save({"src": src_codec.state(), "tgt": tgt_codec.state()}, tmp / "codecs.pt")
+        src_codec, tgt_codec = fit_codecs(data, specs["train"], workers, tmp, log)
+        log(f"vocabularies: {data.src_lang} {len(src_codec.vocab)}, {data.tgt_lang} {len(tgt_codec.vocab)}")
+        info = write_splits(tmp, specs, data, (src_codec, tgt_codec), workers, log, token_files(data, tmp))
+        save_codecs(tmp / "codecs.pt", src_codec, tgt_codec)
         write_json(tmp / f"vocab.{data.src_lang}.json", src_codec.vocab.itos)
         write_json(tmp / f"vocab.{data.tgt_lang}.json", tgt_codec.vocab.itos)
         write_json(tmp / MANIFEST, {
             "fingerprint": data.fingerprint(), "data_config": {k: v for k, v in vars(data).items()},
-            "splits": info, "files_sha256": sums, "vocab_sizes": {"src": len(src_codec.vocab),
-                                                                  "tgt": len(tgt_codec.vocab)},
-            "mt_cli_version": __version__, "seconds": round(time.time() - t0, 1)})
+            "format": FORMAT, "splits": info, "files_sha256": sums,
+            "vocab_sizes": {"src": len(src_codec.vocab), "tgt": len(tgt_codec.vocab)},
+            "mt_cli_version": __version__, "workers": workers, "seconds": round(time.time() - t0, 1)})
         # Swap the whole folder in at once: a reader sees the old corpus or the new one, never a mix.
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -167,6 +136,9 @@ def prepare_corpus(data: DataConfig, source: str | None = None, force: bool = Fa
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise explain(out, e) from None  # the disk full, a read-only folder: one line naming the corpus
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -174,19 +146,37 @@ def prepare_corpus(data: DataConfig, source: str | None = None, force: bool = Fa
     return out
 
 
+def save_codecs(path: Path, src_codec: SideCodec, tgt_codec: SideCodec) -> None:
+    import torch  # only here: the streaming passes (and their workers) run without torch
+
+    torch.save({"src": src_codec.state(), "tgt": tgt_codec.state()}, path)
+
+
 def load_manifest(folder: Path) -> dict:
+    """The manifest of a prepared corpus; DataError naming the file when it is missing, huge or not JSON."""
     m = folder / MANIFEST
     if not m.is_file():
         raise DataError(f"{folder}: no prepared corpus; run `mt prepare --config <your config>` first")
-    return json.loads(m.read_text(encoding="utf-8"))
+    try:
+        man = load_json(m, what="manifest")
+    except ParseError as e:
+        raise DataError(f"{e}; run `mt prepare --force`") from None
+    if not isinstance(man, dict):
+        raise DataError(f"{m}: not a manifest (a JSON object); run `mt prepare --force`")
+    return man
 
 
-def load_corpus(cfg: Config, bucket_width: int):
-    """The prepared corpus of `cfg`: (codecs, train split, valid split, manifest)."""
+def load_corpus(cfg: Config, bucket_width: int, resident: bool | None = None):
+    """The prepared corpus of `cfg`: (codecs, train split, valid split, manifest). `resident`: force the splits
+    onto (True) or off (False) the device-resident path; None: by data.resident_max_mb."""
+    from mt_cli.data.batching import Split
+    from mt_cli.torch_io import safe_load
+
     folder = corpus_dir(cfg.data)
     man = load_manifest(folder)
-    if man.get("fingerprint") != cfg.data.fingerprint():
-        raise DataError(f"{folder}: prepared with another data config; run `mt prepare --config <this config>`")
+    if man.get("fingerprint") != cfg.data.fingerprint() or man.get("format") != FORMAT:
+        raise DataError(f"{folder}: prepared with another data config or mt_cli version; run `mt prepare --config "
+                        f"<this config>`")
     if cfg.data.corpus == "files":  # a file edited since `mt prepare` (files absent here, e.g. on a GPU box, are fine)
         now, then = user_file_sums(cfg.data), man.get("files_sha256") or {}
         changed = [f for f, s in now.items() if s != "missing" and then.get(f) not in (None, s)]
@@ -194,4 +184,15 @@ def load_corpus(cfg: Config, bucket_width: int):
             raise DataError(f"{changed[0]}: changed since `mt prepare` built {folder}; run `mt prepare` again")
     codec_state = safe_load(folder / "codecs.pt", "prepared file", DataError, fix="run `mt prepare --force`")
     codecs = {side: SideCodec.from_state(codec_state[side]) for side in ("src", "tgt")}
-    return codecs, Split(folder / "train.pt", bucket_width), Split(folder / "valid.pt", bucket_width), man
+    for side, codec in codecs.items():
+        if len(codec.vocab) <= len(SPECIALS):
+            raise DataError(f"{folder}: the {side} vocabulary holds only the special tokens; prepare the corpus "
+                            f"again with more data or a lower data.min_freq")
+    budget = cfg.data.resident_max_mb
+    train, valid = (Split(folder / name, bucket_width, resident=resident, resident_max_mb=budget)
+                    for name in ("train", "valid"))
+    for split in (train, valid):
+        if not len(split):
+            raise DataError(f"{folder}: no {split.name} pairs; prepare the corpus from a non-empty "
+                            f"{split.name} file (`mt prepare --force`)")
+    return codecs, train, valid, man

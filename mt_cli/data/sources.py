@@ -153,11 +153,14 @@ def read_tsv(path: Path) -> tuple[list[str], list[str]]:
 
 
 def split_files(spec: str, src_lang: str, tgt_lang: str) -> list[Path]:
-    """The file(s) of a user corpus split: [a TSV file] or [P.<src>, P.<tgt>] for a prefix P."""
+    """The file(s) of a user corpus split: [a TSV file] or [P.<src>, P.<tgt>] for a prefix P, where each side
+    may be gzipped instead (P.<lang>.gz)."""
     p = Path(spec)
-    if p.suffix == ".tsv" or (p.is_file() and not Path(f"{spec}.{src_lang}").exists()):
+    sides = [Path(f"{spec}.{lang}") for lang in (src_lang, tgt_lang)]
+    sides = [f if f.exists() or not Path(f"{f}.gz").exists() else Path(f"{f}.gz") for f in sides]
+    if p.suffix == ".tsv" or (p.is_file() and not sides[0].exists()):
         return [p]
-    return [Path(f"{spec}.{src_lang}"), Path(f"{spec}.{tgt_lang}")]
+    return sides
 
 
 def read_split_files(spec: str, src_lang: str, tgt_lang: str) -> tuple[list[str], list[str]]:

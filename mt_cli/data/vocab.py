@@ -23,7 +23,11 @@ class Vocab:
     @classmethod
     def build(cls, sentences: Iterable[list[str]], min_freq: int = 1, max_size: int | None = None) -> "Vocab":
         """Specials first, then tokens by descending frequency (ties alphabetical, so builds are reproducible)."""
-        counts = Counter(t for s in sentences for t in s)
+        return cls.from_counts(Counter(t for s in sentences for t in s), min_freq, max_size)
+
+    @classmethod
+    def from_counts(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> "Vocab":
+        """As build, from token counts (summed over a corpus streamed in chunks)."""
         ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
                         key=lambda t: (-counts[t], t))
         if max_size is not None:

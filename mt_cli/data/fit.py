@@ -1,0 +1,80 @@
+"""The codecs of a corpus, fitted on its training text in one streaming pass: word vocabularies from summed
+token counts, or sentencepiece models trained on a bounded random sample of the (normalized) text."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from mt_cli.data import work
+from mt_cli.data.sources import DataError
+from mt_cli.data.stream import ordered_map, read_chunks
+from mt_cli.data.tokenize import SideCodec
+from mt_cli.data.vocab import SPECIALS, Vocab
+
+
+def token_files(data, tmp: Path) -> list[Path] | None:
+    """Where the fitting pass leaves the tokenized training text of a word-level corpus (None: sentencepiece)."""
+    return None if data.tokenizer == "sentencepiece" else [tmp / f"train.tokens.{side}" for side in ("src", "tgt")]
+
+
+def fit_codecs(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[SideCodec, SideCodec]:
+    """(source codec, target codec) from the training files (a TSV, or the source and target files); a word-level
+    corpus also leaves its training text tokenized in token_files()."""
+    if data.tokenizer == "sentencepiece":
+        return _fit_sentencepiece(data, files, workers, tmp, log)
+    tokens = token_files(data, tmp)
+    codecs = tuple(SideCodec("spacy", lang, data.lowercase, Vocab([])) for lang in (data.src_lang, data.tgt_lang))
+    for codec in codecs:
+        codec.tokenizer  # noqa: B018 - loaded here, before the workers fork, so that they share it
+    counts: tuple[Counter, Counter] = (Counter(), Counter())
+    chunks = read_chunks("train", files)
+    with open(tokens[0], "wb") as fs, open(tokens[1], "wb") as ft:
+        for src, tgt, src_tok, tgt_tok in ordered_map(work.count_tokens, chunks, workers, work.init,
+                                                      {"data": data, "codecs": codecs}):
+            counts[0].update(src)
+            counts[1].update(tgt)
+            fs.write(src_tok)
+            ft.write(tgt_tok)
+    for side, (codec, n) in enumerate(zip(codecs, counts)):
+        codec.vocab = Vocab.from_counts(n, data.min_freq, data.max_size)
+        if len(codec.vocab) <= len(SPECIALS):
+            raise DataError(f"{files[min(side, len(files) - 1)]}: the {codec.lang} vocabulary would hold only the "
+                            f"special tokens (no word occurs data.min_freq={data.min_freq} times in the training "
+                            f"data); lower data.min_freq or use more data")
+    return codecs
+
+
+def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[SideCodec, SideCodec]:
+    # The normalized training text goes to temporary files, which sentencepiece samples from itself: the
+    # memory is its sample (data.sp_sample sentences), not the corpus.
+    paths = [tmp / f"sp_input.{lang}.txt" for lang in (data.src_lang, data.tgt_lang)]
+    lines = [0, 0]
+    with open(paths[0], "wb") as fs, open(paths[1], "wb") as ft:
+        for src, tgt, n_src, n_tgt in ordered_map(work.normalized_text, read_chunks("train", files), workers,
+                                                  work.init, {"data": data}):
+            fs.write(src)
+            ft.write(tgt)
+            lines[0] += n_src
+            lines[1] += n_tgt
+    for side, n in enumerate(lines):
+        if not n:
+            raise DataError(f"{files[min(side, len(files) - 1)]}: no {(data.src_lang, data.tgt_lang)[side]} text "
+                            f"in the training data; sentencepiece needs some")
+    joint = ", joint" if data.joint_vocab else ""
+    most = min(sum(lines) if data.joint_vocab else max(lines), data.sp_sample)
+    log(f"training sentencepiece {data.sp_type} models (vocab {data.sp_vocab_size}{joint}; on {most:,} sentences)")
+
+    def train(inputs: list[Path], lang: str, n: int) -> SideCodec:
+        sample = data.sp_sample if n > data.sp_sample else None  # all of it (in order) when it fits the sample
+        # one thread, whatever --workers: the model file records its thread count, and must not depend on it
+        return SideCodec.train_sentencepiece_files(inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size,
+                                                   sample)
+
+    try:
+        if data.joint_vocab:
+            joint = train(paths, data.src_lang, sum(lines))
+            return joint, SideCodec("sentencepiece", data.tgt_lang, data.lowercase, joint.vocab, joint.sp_model)
+        return train(paths[:1], data.src_lang, lines[0]), train(paths[1:], data.tgt_lang, lines[1])
+    finally:
+        for p in paths:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,117 @@
+"""The encoding pass of `mt prepare`: every split streamed through the workers into its arrays and text files."""
+from __future__ import annotations
+
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from mt_cli.data import work
+from mt_cli.data.arrays import SIDES, ArrayWriter, OffsetsWriter, array_path, token_dtype
+from mt_cli.data.clean import REASONS, DigestSet
+from mt_cli.data.sources import DataError
+from mt_cli.data.stream import ordered_map, read_chunks
+from mt_cli.data.vocab import UNK
+
+
+def _select(r: dict, keep: np.ndarray) -> dict:
+    """Chunk result `r` restricted to the pairs in `keep`."""
+    rows = np.flatnonzero(keep)
+    out = dict(r)
+    for side in SIDES:
+        out[side] = r[side][np.repeat(keep, r[f"{side}_len"])]
+        out[f"{side}_len"] = r[f"{side}_len"][rows]
+    out["src_text"] = [r["src_text"][i] for i in rows]
+    out["ref_text"] = [r["ref_text"][i] for i in rows]
+    return out
+
+
+class SplitWriter:
+    """The files of one split in the (temporary) corpus folder, appended chunk by chunk."""
+
+    def __init__(self, folder: Path, name: str, data, dtype):
+        self.name = name
+        self.tokens = {s: ArrayWriter(array_path(folder, name, s), dtype) for s in SIDES}
+        self.offsets = {s: OffsetsWriter(array_path(folder, name, s, offsets=True)) for s in SIDES}
+        self.src_text = open(folder / f"{name}.{data.src_lang}", "w", encoding="utf-8", newline="\n")
+        self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "w", encoding="utf-8", newline="\n")
+        self.seen = DigestSet() if name == "train" and data.dedup else None
+        self.info = {"pairs": 0, "raw_lines": 0, **{f"skipped_{k}": 0 for k in REASONS}, "src_tokens": 0,
+                     "tgt_tokens": 0, "tgt_unk": 0}
+
+    def add(self, r: dict) -> None:
+        counts = dict(r["counts"])
+        if self.seen is not None:
+            new = self.seen.add_new(r["digests"])
+            counts["duplicate"] = int((~new).sum())
+            if counts["duplicate"]:
+                r = _select(r, new)
+        for side in SIDES:
+            self.tokens[side].append(r[side])
+            self.offsets[side].add_lengths(r[f"{side}_len"])
+            self.info[f"{side}_tokens"] += len(r[side])
+        self.src_text.write("".join(t + "\n" for t in r["src_text"]))
+        self.ref_text.write("".join(t + "\n" for t in r["ref_text"]))
+        self.info["pairs"] += len(r["src_len"])
+        self.info["raw_lines"] += r["n"]
+        self.info["tgt_unk"] += int(np.count_nonzero(r["tgt"] == UNK))
+        for k, v in counts.items():
+            self.info[f"skipped_{k}"] += v
+
+    def close(self) -> dict:
+        for w in chain(self.tokens.values(), self.offsets.values()):
+            w.close()
+        self.src_text.close()
+        self.ref_text.close()
+        return self.info
+
+
+def _skipped(info: dict, data) -> str:
+    why = {"empty": "with an empty side", "too_long": f"longer than max_len={data.max_len} tokens",
+           "ratio": f"with a length ratio above max_ratio={data.max_ratio}",
+           "identical": "with identical sides", "duplicate": "repeating an earlier pair"}
+    return ", ".join(f"{info[f'skipped_{k}']} {why[k]}" for k in REASONS if info[f"skipped_{k}"])
+
+
+def write_splits(folder: Path, specs: dict[str, list[Path]], data, codecs, workers: int, log,
+                 train_tokens: list[Path] | None = None) -> dict:
+    """Encode every split (training first) into `folder`; returns the manifest's per-split counts.
+    `train_tokens`: the training text tokenized already (word-level corpora), used instead of tokenizing again."""
+    dtype = token_dtype(max(len(c.vocab) for c in codecs))
+    job = {"data": data, "codecs": codecs, "dtype": dtype}
+    chunks = chain.from_iterable(read_chunks(name, files, train_tokens if name == "train" else None)
+                                 for name, files in specs.items())
+    info: dict[str, dict] = {}
+    writers: dict[str, SplitWriter] = {}
+    try:
+        for name, r in ordered_map(_encode, chunks, workers, work.init, job):
+            if name not in writers:
+                if writers:
+                    _finish(writers, info, specs, data, log)
+                writers[name] = SplitWriter(folder, name, data, dtype)
+            writers[name].add(r)
+        _finish(writers, info, specs, data, log)
+    finally:
+        for w in writers.values():
+            w.close()
+        for p in train_tokens or []:
+            p.unlink(missing_ok=True)
+    return info
+
+
+def _encode(chunk) -> tuple[str, dict]:
+    return chunk.split, work.encode(chunk)
+
+
+def _finish(writers: dict, info: dict, specs: dict, data, log) -> None:
+    """Close the split being written, log its counts, and refuse a training split that kept nothing."""
+    name = next(reversed(writers))
+    w = writers.pop(name)
+    info[name] = w.close()
+    skipped = _skipped(info[name], data)
+    if skipped:
+        log(f"{name}: skipped {skipped}")
+    if name == "train" and not info[name]["pairs"]:
+        raise DataError(f"{specs['train'][0]}: no usable training pairs: all {info[name]['raw_lines']} were skipped "
+                        f"({skipped}); check the file, data.max_len and the cleaning options")
+    log(f"{name}: {info[name]['pairs']} pairs")
