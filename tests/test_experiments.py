@@ -99,6 +99,20 @@ def test_files_corpus_prepares_and_trains(user_files):
     assert is_prepared(cfg.data)
     summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
     assert {"test_news", "test_dev"} <= set(summary["test"])  # every test file is scored at the end
+    # the scores are sacreBLEU's on the written translations against the raw reference lines, lowercased here
+    import sacrebleu
+
+    raw_refs = {"test_news": [line.split("\t")[1] for line in gzip.open(base / "news.tsv.gz", "rt", encoding="utf-8")
+                              .read().splitlines()],
+                "test_dev": (base / "dev.en").read_text(encoding="utf-8").splitlines()}
+    for split, refs in raw_refs.items():
+        hyps = (Path(summary["result"]) / f"{split}.beam1.hyp").read_text(encoding="utf-8").splitlines()
+        assert len(hyps) == len(refs) == summary["test"][split]["sentences"] == {"test_news": 25, "test_dev": 30}[split]
+        want = sacrebleu.corpus_bleu([h.lower() for h in hyps], [[" ".join(r.lower().split()) for r in refs]])
+        assert summary["test"][split]["bleu"] == pytest.approx(round(want.score, 2), abs=0.011), split
+        # after 2 steps BLEU may be 0 for any output; chrF (character n-grams) is not
+        chrf = sacrebleu.corpus_chrf([h.lower() for h in hyps], [[" ".join(r.lower().split()) for r in refs]]).score
+        assert chrf > 0 and summary["test"][split]["chrf"] == pytest.approx(round(chrf, 2), abs=0.011), split
     # an edited input file makes the prepared corpus stale
     with open(base / "dev.en", "a", encoding="utf-8") as f:
         f.write("")

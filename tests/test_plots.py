@@ -79,7 +79,9 @@ def colour_pixels_per_panel(path: Path, colour: str) -> list[int]:
     img = imread(path)[..., :3]
     close = (abs(img - torch.tensor(to_rgb(colour)).numpy()).max(-1) < 0.08)
     h, w = close.shape
-    return [int(close[r * h // 2: (r + 1) * h // 2, c * w // 2: (c + 1) * w // 2].sum()) for r in (0, 1) for c in (0, 1)]
+    quarters = [(slice(r * h // 2, (r + 1) * h // 2), slice(c * w // 2, (c + 1) * w // 2))
+                for r in (0, 1) for c in (0, 1)]
+    return [int(close[rows, cols].sum()) for rows, cols in quarters]
 
 
 def metrics_file(result: Path) -> list[dict]:

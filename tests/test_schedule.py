@@ -19,7 +19,8 @@ def plateau_reference(losses: list[float], lr: float, factor: float, patience: i
                       warmup_epochs: int) -> list[float]:
     """The plateau rule written out: after the warm-up epochs, an epoch improves on the best loss if it is lower
     by more than the relative threshold 1e-4 (torch's default); once more than `patience` epochs in a row did not
-    improve, lr ← max(lr × factor, min_lr) (unless that changes it by less than 1e-8) and the count restarts. Returns the lr after each epoch."""
+    improve, lr ← max(lr × factor, min_lr) (unless that changes it by less than 1e-8) and the count restarts.
+    Returns the lr after each epoch."""
     best, bad, out = float("inf"), 0, []
     for epoch, loss in enumerate(losses, 1):
         if epoch > warmup_epochs:
