@@ -92,7 +92,8 @@ def _coerce(value, tp, key: str):
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {short(value)}")
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, f"must be a number, got {short(value)}")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"must be a number, got {short(value)}")
         number = _to_float(value)
         _check(math.isfinite(number), key, f"must be a finite number, got {short(value)}")  # .inf/.nan break training
         return number

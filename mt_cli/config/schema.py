@@ -17,6 +17,7 @@ class ConfigError(ValueError):
 
 
 MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; runs may add -2, -3, …
 MAX_LR = 1e9  # a ceiling against typos only: absurd but finite rates are how the divergence handling is tested
 MAX_LENGTH_PENALTY = 5.0  # GNMT alpha: 0-2 in practice; the penalty ((5+len)/6)^alpha overflows beyond
 MAX_LEN_A = 10.0  # outputs of 10x the source length are runaway decoding (they stop at model.max_positions)
@@ -40,9 +41,11 @@ def _check_float(value: float, key: str, low: float, high: float | None = None, 
 
 
 def _check_folder_name(name: str | None, key: str) -> None:
-    """Run and corpus names become folder names: one plain path component."""
+    """Run and corpus names become folder names: one plain path component, short enough for any file system."""
     _check(name is None or (bool(re.fullmatch(r"[\w.+=-]+", name)) and not name.startswith(".")), key,
            f"{short(name)} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)")
+    _check(name is None or len(name.encode("utf-8")) <= MAX_NAME_BYTES, key,
+           f"{short(name)} is too long for a folder name (at most {MAX_NAME_BYTES} bytes)")
 
 
 @dataclass
@@ -73,7 +76,8 @@ class DataConfig:
         langs = ("de", "en", "fr", "cs")
         if self.corpus == "multi30k":
             for k in ("src_lang", "tgt_lang"):
-                _check(getattr(self, k) in langs, f"data.{k}", f"Multi30k has {', '.join(langs)}, not {short(getattr(self, k))}")
+                _check(getattr(self, k) in langs, f"data.{k}",
+                       f"Multi30k has {', '.join(langs)}, not {short(getattr(self, k))}")
         else:
             _check(bool(self.train) and bool(self.valid), "data.train",
                    "corpus 'files' needs data.train and data.valid (a TSV file or a 'prefix' with .<lang> files)")
