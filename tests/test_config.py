@@ -231,3 +231,18 @@ def test_fingerprint_tracks_data_settings_but_not_root():
     b = config_from_dict({"data": {"root": "y"}})
     c = config_from_dict({"data": {"min_freq": 3}})
     assert a.data.fingerprint() == b.data.fingerprint() != c.data.fingerprint()
+
+
+def test_a_config_dict_from_elsewhere_is_bounded_too():
+    # config_from_dict also reads checkpoints' configs: plain data, deeply nested or with shared parts
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    shared = ["x"] * 10
+    for _ in range(6):  # 10**7 items once copied, a few dozen objects here
+        shared = [shared] * 10
+    for raw, why in (({"data": {"test": deep}}, "nested deeper than"), ({"data": {"test": shared}}, "more than")):
+        with pytest.raises(ConfigError, match=rf"^refused: {why}"):
+            config_from_dict(raw)
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        config_from_dict(["not", "a", "mapping"])
