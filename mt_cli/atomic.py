@@ -166,14 +166,6 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path):
-    """A JSON file's content, or None when it is missing or not JSON."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def append_line(path: str | Path, line: str) -> None:
     """Append one line by rewriting the file atomically (logs are small; a crash never tears them)."""
     path = Path(path)

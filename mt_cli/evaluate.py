@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
-from mt_cli import distributed as D
-from mt_cli.atomic import read_json, write_json, write_text
+from mt_cli import distributed
+from mt_cli.atomic import write_json, write_text
 from mt_cli.config import Config
 from mt_cli.data.arrays import has_split, split_names
 from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.decode import translate_ids
+from mt_cli.safe_parse import read_json_or_none
 from mt_cli.steps import autocast, loss_sum
 
 
@@ -36,13 +37,14 @@ def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> floa
     `model` is the plain module, never the DDP wrapper: shares may differ in length by one batch."""
     model.eval()
     total = torch.zeros(2, device=device)
-    plan = batch_plan(split, None, cfg.train.max_tokens or 4096, shuffle=False, fill=False)[D.rank()::D.world()]
+    plan = batch_plan(split, None, cfg.train.max_tokens or 4096, shuffle=False, fill=False)
+    plan = plan[distributed.rank()::distributed.world()]
     for b in iterate(split, plan, device):
         with autocast(device, amp_dtype):
             loss, n = loss_sum(model, b.src, b.tgt_in, b.tgt_out, 0.0)
         total += torch.stack([loss.float(), n.float()])
     model.train()
-    total = D.all_reduce_sum(total)
+    total = distributed.all_reduce_sum(total)
     return (total[0] / total[1].clamp(min=1)).item()
 
 
@@ -110,7 +112,7 @@ def _write_reports(out_dir: Path, report: dict, hyps: dict, tag: str, beam_size:
     files this call created (those it replaced are whole, old or new)."""
     names = report_files(list(report), tag, beam_size)
     path = out_dir / names[-1]
-    earlier = read_json(path)
+    earlier = read_json_or_none(path)
     same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
             if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == source}
     created = []

@@ -181,7 +181,7 @@ def test_average_command_writes_the_mean_checkpoint(small, tmp_path):
     from mt_cli.averaging import average_checkpoints
     from mt_cli.checkpoint import save_state
 
-    with pytest.raises(ValueError, match="is one of the checkpoints to average"):
+    with pytest.raises(ValueError, match="is the same file as the checkpoint to average"):
         average_checkpoints(eps, eps[0])
     other = load_checkpoint(eps[0])
     other["codecs"]["tgt"]["itos"] = list(reversed(other["codecs"]["tgt"]["itos"]))

@@ -12,6 +12,7 @@ from mt_cli.atomic import check_writable, remove_stale_temps, write_text
 from mt_cli.checkpoint import CheckpointError, load_checkpoint
 from mt_cli.config import Config
 from mt_cli.config.flat import flatten
+from mt_cli.torch_io import safe_load
 from mt_cli.training.rng import set_rng_state
 from mt_cli.training.state import RunState, TrainState
 
@@ -59,9 +60,9 @@ def discard_run_folders(saved_dir: Path, result_dir: Path) -> None:
 def _run_name(last: Path) -> str | None:
     """The config name recorded in a checkpoint (memory-mapped: the weights are not read); None if unreadable."""
     try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = safe_load(last, "checkpoint", CheckpointError, mmap=True)
         return checkpoint["config"]["name"]
-    except Exception:  # noqa: BLE001 - an unreadable file is reported when it is loaded for real
+    except (CheckpointError, KeyError, TypeError):  # an unreadable file is reported when it is loaded for real
         return None
 
 

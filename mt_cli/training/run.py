@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 
 from mt_cli import distributed
-from mt_cli.atomic import read_json, write_json, write_text
+from mt_cli.atomic import write_json, write_text
 from mt_cli.checkpoint import load_checkpoint
 from mt_cli.config import Config
+from mt_cli.safe_parse import read_json_or_none
 from mt_cli.data.prepare import corpus_dir, load_corpus
 from mt_cli.evaluate import final_test
 from mt_cli.training.components import Components, build_components
@@ -111,7 +112,7 @@ def _prepare_result_folder(ctx: RunContext, resumed: bool, kept_validation: bool
         if dropped:
             log(f"{metrics_path}: dropped {dropped} line(s) of epochs the checkpoint had not finished")
     resolved = json.loads(json.dumps(ctx.cfg.to_dict()))
-    if read_json(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
+    if read_json_or_none(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
         # (unchanged on resume: not rewritten, as `mt runs` orders runs by its time)
         import yaml
 
