@@ -380,6 +380,29 @@ def score(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkp
         _say(f"wrote {n} scores to {output}")
 
 
+@app.command()
+def export(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+           format: str = typer.Option("ctranslate2", "--format", help="Export format (ctranslate2)."),
+           quantization: str = typer.Option("float32", "--quantization",
+                                            help="int8, int8_float16, float16 or float32."),
+           output: str = typer.Option(..., "--output", "-o", help="New folder for the exported model.")):
+    """Export a checkpoint for deployment: a CTranslate2 model folder with its tokenizers and config."""
+    import torch
+
+    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.export import export_ctranslate2
+
+    if format != "ctranslate2":
+        _fail(f"--format {format}: only ctranslate2 is supported", 2)
+    _refuse_overwrite({"--output": output}, {"--checkpoint": checkpoint})
+    try:
+        import ctranslate2  # noqa: F401 - an optional extra: say how to install it, not ImportError
+    except ImportError:
+        _fail("--format ctranslate2 needs CTranslate2: pip install 'mt-cli[ctranslate2]'", 2)
+    model, cfg, codecs = load_for_inference(checkpoint, torch.device("cpu"))
+    typer.echo(f"exported {export_ctranslate2(model, cfg, codecs, output, quantization)} ({quantization})")
+
+
 def main() -> None:
     """Entry point: known failures become one line on stderr and a non-zero exit, never a traceback."""
     from mt_cli.errors import run_reporting_errors
