@@ -294,3 +294,14 @@ SET_VALUES = strategies.one_of(strategies.text(max_size=40),
 @given(key=SET_KEYS | strategies.text(max_size=20), value=SET_VALUES)
 def test_random_set_values_fail_in_one_line(monkeypatch, capsys, key, value):
     run_in_empty_folder(monkeypatch, capsys, "train:\n  epochs: 1\n", f"{key}={value}")
+
+
+@pytest.mark.parametrize("setting, key", [("model.d_model=" + "9" * 400, "model.d_model"),
+                                          ("train.epochs=" + "9" * 30, "train.epochs"),
+                                          ("model.d_model=1048576", "model.d_model"),
+                                          ("model.enc_layers=100000", "model.enc_layers"),
+                                          ("model.d_ff=10000000", "model.d_ff")])
+def test_integers_too_large_for_any_run_are_refused_naming_the_key(setting, key):
+    """A huge integer used to pass validation and fail deep inside torch (exit 1)."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        config_from_dict({}, [setting])

@@ -11,7 +11,7 @@ from typing import Literal
 
 import yaml
 
-from mt_cli.config.schema import Config, ConfigError, _check, _check_folder_name
+from mt_cli.config.schema import MAX_INT, Config, ConfigError, _check, _check_folder_name
 from mt_cli.safe_parse import (MAX_YAML_BYTES, BoundedYamlLoader, ParseError, check_bounded, read_text, short,
                                short_key)
 
@@ -90,6 +90,8 @@ def _coerce(value, tp, key: str):
         return value
     if tp is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"must be an integer, got {short(value)}")
+        # no count, size or step number of a run comes near this; a 400-digit integer would reach torch
+        _check(abs(value) <= MAX_INT, key, f"must be at most {MAX_INT:.0e} in size, got {short(value)}")
         return value
     if tp is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,

@@ -16,6 +16,7 @@ class ConfigError(ValueError):
     """A config problem, reported to users as one line naming the key (and file)."""
 
 
+MAX_INT = 10 ** 12  # any integer key: larger is a typo (or hostile), and would fail deep inside torch
 MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; runs may add -2, -3, …
 MAX_LR = 1e9  # a ceiling against typos only: absurd but finite rates are how the divergence handling is tested
@@ -128,11 +129,12 @@ class ModelConfig:
     share_embeddings: bool = False
 
     def validate(self) -> None:
-        _check(self.d_model >= 8, "model.d_model", "must be >= 8")
-        _check(self.n_heads >= 1 and self.d_model % self.n_heads == 0, "model.n_heads",
+        _check(8 <= self.d_model <= 65536, "model.d_model", "must be in [8, 65536]")
+        _check(1 <= self.n_heads <= self.d_model and self.d_model % self.n_heads == 0, "model.n_heads",
                f"must divide model.d_model ({self.d_model})")
-        for k in ("enc_layers", "dec_layers", "d_ff", "max_positions"):
-            _check(getattr(self, k) >= 1, f"model.{k}", "must be >= 1")
+        # sizes far beyond any Transformer that fits in memory: refused here rather than by the allocator
+        for k, high in (("enc_layers", 256), ("dec_layers", 256), ("d_ff", 262144), ("max_positions", 1 << 20)):
+            _check(1 <= getattr(self, k) <= high, f"model.{k}", f"must be in [1, {high}]")
         for k in ("dropout", "attn_dropout"):
             _check_float(getattr(self, k), f"model.{k}", 0.0, 1.0, high_open=True)
 
