@@ -18,9 +18,11 @@ def _max_lengths(model, src: torch.Tensor, a: float, b: int) -> torch.Tensor:
     return ((src != PAD).sum(1).float() * a + b).long().clamp(min=1, max=model.max_positions)
 
 
-def _next_logp(model, last: torch.Tensor, state: dict) -> torch.Tensor:
-    """The model's next-token log-probabilities; <pad> and <bos> are never a continuation."""
-    return model.step(last, state).index_fill_(-1, state["never"], NEG_INF)
+def _next_logp(model, last: torch.Tensor, state: dict, first: bool = False) -> torch.Tensor:
+    """The model's next-token log-probabilities; <pad> and <bos> are never a continuation, nor <eos> the first
+    token (unless the length limit forces it): an empty output is no translation of a sentence, and in beam
+    search it would take one of the finished slots, stopping the search before the real hypotheses end."""
+    return model.step(last, state).index_fill_(-1, state["never_first" if first else "never"], NEG_INF)
 
 
 def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
@@ -54,7 +56,7 @@ def _token_search(model, src: torch.Tensor, choose, max_len_a: float, max_len_b:
     out = torch.full((n, steps), PAD, dtype=torch.long, device=src.device)
     done = torch.zeros(n, dtype=torch.bool, device=src.device)
     for t in range(steps):
-        logp = _next_logp(model, last, state)
+        logp = _next_logp(model, last, state, first=t == 0)
         if t >= first_limit:  # before that no sentence is at its limit: skip a (batch, vocab) pass
             logp = _force_eos(logp, limit - 1 <= t)
         last = choose(logp).masked_fill(done, PAD)
@@ -106,6 +108,7 @@ def _start(model, src: torch.Tensor, beams: int, steps: int) -> dict:
                          f"positions; split it")
     state = model.start_state(src, expand=beams, max_steps=steps)
     state["never"] = torch.tensor([PAD, BOS], device=src.device)
+    state["never_first"] = torch.tensor([PAD, BOS, EOS], device=src.device)
     return state
 
 
@@ -138,7 +141,7 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     first_k = torch.arange(2 * K, device=dev) < K
     row_base = torch.arange(B, device=dev)[:, None] * K
     for t in range(T):
-        logp = _next_logp(model, last, state).view(B, K, -1)
+        logp = _next_logp(model, last, state, first=t == 0).view(B, K, -1)
         if t >= first_limit:
             logp = _force_eos(logp, (limit - 1 <= t)[:, None].expand(B, K))
         V = logp.size(-1)

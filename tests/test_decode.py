@@ -68,9 +68,9 @@ def test_length_penalty_closed_form(length, alpha, want):
 
 
 def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) -> list[tuple[tuple[int, ...], float]]:
-    """Every output of up to `limit` tokens (incl. <eos>) over the model's real tokens (<unk> and ids >= 4; <pad>
-    and <bos> never follow), scored log P(y + <eos>) / lp(|y| + 1) with the forced <eos> at the limit free;
-    best first."""
+    """Every non-empty output of up to `limit` tokens (incl. <eos>) over the model's real tokens (<unk> and ids
+    >= 4; <pad> and <bos> never follow, <eos> never first), scored log P(y + <eos>) / lp(|y| + 1) with the forced
+    <eos> at the limit free; best first."""
     vocab = model.generator.out_features
     tokens = [t for t in range(vocab) if t not in (PAD, BOS, EOS)]
     seqs = [()]
@@ -84,6 +84,8 @@ def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) 
         logp = torch.log_softmax(model(src_row[None].expand(len(seqs), -1), tgt_in).double(), -1)
     ranked = []
     for r, s in enumerate(seqs):
+        if not s:  # no empty translation: search never ends a hypothesis at its first token
+            continue
         total = sum(float(logp[r, t, tok]) for t, tok in enumerate(s))
         if len(s) + 1 < limit:
             total += float(logp[r, len(s), EOS])
@@ -93,8 +95,8 @@ def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0, 2.0])
 def test_wide_beam_finds_the_brute_force_best(alpha):
-    """A 7-word target vocabulary (4 real tokens) and outputs of at most 5 tokens: 341 possible translations. A
-    beam of 341 keeps them all, so its n best must be the exhaustive ranking, scores included."""
+    """A 7-word target vocabulary (4 real tokens) and outputs of at most 5 tokens: 340 possible translations (the
+    empty one is never an answer). A beam of 341 keeps them all, so its n best must be the exhaustive ranking, scores included."""
     model = small_model(src_vocab=9, tgt_vocab=7, seed=1, d_model=16, n_heads=2, enc_layers=1, dec_layers=1)
     with torch.no_grad():  # peaked, and <eos> unlikely enough that short and long outputs compete
         model.generator.weight.mul_(3)
@@ -105,8 +107,8 @@ def test_wide_beam_finds_the_brute_force_best(alpha):
         want = brute_force_ranking(model, row, 5, alpha)[:10]
         assert [tuple(h) for h, _ in nbest[:3]] == [s for s, _ in want[:3]]
         assert [s for _, s in nbest] == pytest.approx([s for _, s in want], abs=1e-4)
-    # the best output's length depends on α (empty at α=0, the full 4 tokens at α=2): the penalty decides the ranking
-    assert [len(brute_force_ranking(model, src[0], 5, a)[0][0]) for a in (0.0, 2.0)] == [0, 4]
+    # the best output's length depends on α (one token at α=0, the full 4 at α=2): the penalty decides the ranking
+    assert [len(brute_force_ranking(model, src[0], 5, a)[0][0]) for a in (0.0, 2.0)] == [1, 4]
 
 
 def test_beam_of_one_is_greedy(model, sources):
@@ -278,3 +280,17 @@ def test_translate_names_the_input_line_too_long_for_learned_positions(prepared)
     lines = ["ein Hund .", "", " ".join(["ein Hund"] * 10)]
     with pytest.raises(ValueError, match=r"input line 3 is longer than the model's 16 learned positions"):
         translate_lines(m, cfg, prepared.codecs, lines, torch.device("cpu"), beam_size=1)
+
+
+def test_an_output_never_ends_at_its_first_token_unless_the_limit_says_so():
+    """A model that wants to stop at once (a huge <eos> bias) still writes one token first, in greedy and in
+    beam search (an empty hypothesis would take a finished slot from the real ones); only a length limit of
+    one token, which is <eos> itself, gives an empty output."""
+    model = small_model(src_vocab=9, tgt_vocab=7, seed=1, d_model=16, n_heads=2, enc_layers=1, dec_layers=1)
+    with torch.no_grad():
+        model.generator.bias[EOS] = 30.0
+    src = torch.tensor([[5, 8, 4, EOS], [7, 6, EOS, PAD]])
+    assert all(len(h) == 1 for h in greedy_search(model, src))  # <eos> right after the first token
+    assert all(len(nbest[0][0]) == 1 for nbest in beam_search(model, src, beam_size=3, nbest=3))
+    assert greedy_search(model, src, max_len_a=0.0, max_len_b=1) == [[], []]
+    assert [nbest[0][0] for nbest in beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=1)] == [[], []]
