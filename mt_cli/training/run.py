@@ -42,38 +42,22 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
 
     report_epoch = EpochReport(cfg, log, enabled=rank == 0)  # curves.png (+ TensorBoard): checked now, never fatal later
     saved_dir, result_dir, resume_path = distributed.on_main(open_run, cfg, resume, saved_root, result_root)
-    checkpoint = None
+    resume_from = {}  # holds last.pt's content until it is restored, so that it can be let go of then (~300 MB)
     if resume_path:  # checked before anything slow: a bad checkpoint or config fails at once
-        checkpoint = distributed.on_main(load_checkpoint, resume_path)  # read once, sent to the others
-        check_resume(checkpoint, cfg, resume_path, result_dir, log)
+        resume_from["checkpoint"] = distributed.on_main(load_checkpoint, resume_path)  # read once, sent to all
+        check_resume(resume_from["checkpoint"], cfg, resume_path, result_dir, log)
     with Signals(log, second_quits=world == 1) as signals:  # from here on, a signal stops the run cleanly
         codecs, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
-        init = None
         if cfg.train.init_from and not resume_path:  # checked before the run claims its folders
-            init = distributed.on_main(initial_weights, cfg, codecs, log)
-        if not resume_path:  # the run can start: claim its name (the next run of this config gets -2)
-            saved_dir, result_dir = distributed.on_main(run_folders, cfg, saved_root, result_root, claim=True)
-        elif rank == 0:
-            saved_dir.mkdir(parents=True, exist_ok=True)
-            result_dir.mkdir(parents=True, exist_ok=True)
+            resume_from["weights"] = distributed.on_main(initial_weights, cfg, codecs, log)
+        saved_dir, result_dir = _claim_folders(cfg, saved_dir, result_dir, resume_path, saved_root, result_root)
         ctx = RunContext(cfg, dev, rank, world, saved_dir, result_dir,
                          resume_command(saved_dir, result_dir, result_root, device, world), log)
         try:
             train_split.to(dev)
             valid_split.to(dev)
             parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log, rank, world)
-            state = RunState(world=world)
-            if init is not None:
-                parts.model.load_state_dict(init)
-                del init
-            if checkpoint is not None:
-                state = restore_training(checkpoint, parts, rank=rank, world=world, log=log)
-                log(f"resuming {resume_path}: epoch {state.epoch}, step {state.step}, batch {state.position}")
-                del checkpoint  # the run no longer needs it: do not hold this copy of the state (~300 MB)
-            kept_validation = _apply_validated(state, cfg)
-            if rank == 0:
-                _prepare_result_folder(ctx, resumed=resume_path is not None, kept_validation=kept_validation,
-                                       epoch=state.epoch)
+            state = _starting_state(ctx, parts, resume_from, resume_path)
             _log_start(ctx, parts, len(train_split))
             refs = _valid_refs(cfg) if rank == 0 and cfg.train.val_bleu else []
             with Writer() as writer:
@@ -88,6 +72,32 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
                 discard_run_folders(saved_dir, result_dir)
             raise
     return _finish(ctx, parts, state, started)
+
+
+def _claim_folders(cfg: Config, saved_dir: Path, result_dir: Path, resume_path: Path | None, saved_root: str,
+                   result_root: str) -> tuple[Path, Path]:
+    """The run can start: a new one claims its name (the next run of this config gets -2)."""
+    if not resume_path:
+        return distributed.on_main(run_folders, cfg, saved_root, result_root, claim=True)
+    if distributed.rank() == 0:
+        saved_dir.mkdir(parents=True, exist_ok=True)
+        result_dir.mkdir(parents=True, exist_ok=True)
+    return saved_dir, result_dir
+
+
+def _starting_state(ctx: RunContext, parts: Components, resume_from: dict, resume_path: Path | None) -> RunState:
+    """Fresh, fine-tuned from train.init_from, or restored from last.pt; the result folder made ready."""
+    state = RunState(world=ctx.world)
+    if "weights" in resume_from:
+        parts.model.load_state_dict(resume_from.pop("weights"))
+    if "checkpoint" in resume_from:
+        state = restore_training(resume_from.pop("checkpoint"), parts, rank=ctx.rank, world=ctx.world, log=ctx.log)
+        ctx.log(f"resuming {resume_path}: epoch {state.epoch}, step {state.step}, batch {state.position}")
+    kept_validation = _apply_validated(state, ctx.cfg)
+    if ctx.is_main:
+        _prepare_result_folder(ctx, resumed=resume_path is not None, kept_validation=kept_validation,
+                               epoch=state.epoch)
+    return state
 
 
 def _apply_validated(state: RunState, cfg: Config) -> bool:
