@@ -159,12 +159,15 @@ def test_digest_set_reports_exactly_the_first_occurrences():
 
 # --- sentencepiece ------------------------------------------------------------------------------------------------
 
-def test_cached_sentencepiece_ids_equal_whole_text_encoding(real_lines):
+@pytest.mark.parametrize("sp_type", ["bpe", "unigram"])
+def test_word_by_word_sentencepiece_ids_equal_whole_text_encoding(real_lines, sp_type):
     lines = [normalize(t, True) for t in real_lines("train", "de")[:3000]]
-    codec = SideCodec.train_sentencepiece(lines[:2000], "de", True, "bpe", 800)
-    odd = ["ﬁsch und ¨ umlaut", "tab\x07bell", "", "ein mann", "ein mann"]  # NFKC-changing, control, empty, cached
-    texts = lines + odd
-    assert codec.encode_normalized(texts) == codec.sp.encode(texts)
+    codec = SideCodec.train_sentencepiece(lines[:2000], "de", True, sp_type, 800)
+    odd = ["ﬁsch und ¨ umlaut …", "tab\x07bell", "", "ein mann", ""]  # NFKC-changing, control, empty, seen words
+    for texts in (lines[:1500], lines[1500:] + odd, odd[:1], [""]):  # chunks with and without odd texts
+        flat, lens = codec.encode_flat(texts)
+        whole = codec.sp.encode(texts)  # sentencepiece on each whole text: the reference
+        assert lens.tolist() == [len(x) for x in whole] and flat.tolist() == [i for x in whole for i in x]
 
 
 def test_sentencepiece_trains_on_a_bounded_sample_reproducibly(tmp_path, pairs):

@@ -105,6 +105,8 @@ class MappedArray:
                 self._map = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else None
         except FileNotFoundError:
             raise DataError(f"{path}: missing; run `mt prepare` again") from None
+        if self._map is not None and hasattr(mmap, "MADV_RANDOM"):  # batches read scattered rows: no read-ahead
+            self._map.madvise(mmap.MADV_RANDOM)
         self.array = (np.frombuffer(self._map, self.dtype, self.n, start) if self.n else np.zeros(0, self.dtype))
 
     def release(self) -> None:

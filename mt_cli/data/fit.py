@@ -17,6 +17,10 @@ def token_files(data, tmp: Path) -> list[Path] | None:
     return None if data.tokenizer == "sentencepiece" else [tmp / f"train.tokens.{side}" for side in ("src", "tgt")]
 
 
+def _train_sentencepiece(args: tuple) -> SideCodec:
+    return SideCodec.train_sentencepiece_files(*args)
+
+
 def fit_codecs(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[SideCodec, SideCodec]:
     """(source codec, target codec) from the training files (a TSV, or the source and target files); a word-level
     corpus also leaves its training text tokenized in token_files()."""
@@ -64,17 +68,22 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
     most = min(sum(lines) if data.joint_vocab else max(lines), data.sp_sample)
     log(f"training sentencepiece {data.sp_type} models (vocab {data.sp_vocab_size}{joint}; on {most:,} sentences)")
 
-    def train(inputs: list[Path], lang: str, n: int) -> SideCodec:
+    def job(inputs: list[Path], lang: str, n: int) -> tuple:
         sample = data.sp_sample if n > data.sp_sample else None  # all of it (in order) when it fits the sample
-        # one thread, whatever --workers: the model file records its thread count, and must not depend on it
-        return SideCodec.train_sentencepiece_files(inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size,
-                                                   sample)
+        return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size, sample
 
+    jobs = [job(paths, data.src_lang, sum(lines))] if data.joint_vocab else \
+        [job(paths[:1], data.src_lang, lines[0]), job(paths[1:], data.tgt_lang, lines[1])]
     try:
+        # One thread per model, whatever --workers (a model file records its thread count); with workers, the
+        # two sides' models train side by side in child processes, and the memory sentencepiece takes (its
+        # sample, its tables) goes when they end instead of staying here and in the workers forked next.
+        codecs = list(ordered_map(_train_sentencepiece, iter(jobs), min(workers, len(jobs)), work.init, {},
+                                  processes=workers > 1))
         if data.joint_vocab:
-            joint = train(paths, data.src_lang, sum(lines))
+            joint = codecs[0]
             return joint, SideCodec("sentencepiece", data.tgt_lang, data.lowercase, joint.vocab, joint.sp_model)
-        return train(paths[:1], data.src_lang, lines[0]), train(paths[1:], data.tgt_lang, lines[1])
+        return codecs[0], codecs[1]
     finally:
         for p in paths:
             p.unlink(missing_ok=True)

@@ -156,10 +156,11 @@ def decode_chunk(c: Chunk) -> tuple[list[str], list[str]]:
     return src, tgt
 
 
-def ordered_map(fn: Callable, tasks: Iterator, workers: int, init: Callable, init_arg) -> Iterator:
-    """fn(task) for every task, in order, in `workers` processes (1: in this one). Unlike Pool.imap, which
-    reads its whole input ahead, at most 3 tasks per worker are in flight: memory stays bounded."""
-    if workers <= 1:
+def ordered_map(fn: Callable, tasks: Iterator, workers: int, init: Callable, init_arg,
+                processes: bool | None = None) -> Iterator:
+    """fn(task) for every task, in order, in `workers` processes (1: in this one, unless `processes`). Unlike
+    Pool.imap, which reads its whole input ahead, at most 3 tasks per worker are in flight: memory stays bounded."""
+    if not (workers > 1 if processes is None else processes):
         init(init_arg)
         yield from map(fn, tasks)
         return

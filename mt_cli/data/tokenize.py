@@ -3,17 +3,20 @@ from __future__ import annotations
 
 import functools
 import re
-from itertools import chain
 import tempfile
 import unicodedata
+from array import array
+from itertools import chain
 from pathlib import Path
+
+import numpy as np
 
 from mt_cli.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
 
 _TRAINED = {"de": "de_core_news_sm", "en": "en_core_web_sm", "fr": "fr_core_news_sm"}
 _NO_SPACE_BEFORE = {".", ",", "!", "?", ";", ":", ")", "]", "}", "%", "n't", "...", "…", "”"}
 _NO_SPACE_AFTER = {"(", "[", "{", "¿", "¡", "„"}
-_CACHE_WORDS = 200_000  # word -> ids entries a sentencepiece codec keeps (about 40 MB at most)
+_CACHE_WORDS = 500_000  # words whose sentencepiece ids WordPieces keeps (about 40 MB at most)
 
 
 def normalize(text: str, lowercase: bool) -> str:
@@ -66,6 +69,59 @@ def detokenize(tokens: list[str]) -> str:
     return re.sub(r"\s+", " ", "".join(out)).strip()
 
 
+def flatten(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ids -> (all ids in a row as int32, the length of each list)."""
+    lens = np.fromiter(map(len, ids), np.int64, len(ids))
+    return np.fromiter(chain.from_iterable(ids), np.int32, int(lens.sum())), lens
+
+
+def _word_safe(text: str) -> bool:
+    """Whether sentencepiece encodes `text` word by word: no piece spans a space, but its NFKC normalization
+    could change (or split) a word that is not NFKC already, and it drops control characters."""
+    return (text.isascii() or unicodedata.is_normalized("NFKC", text)) and text.isprintable()
+
+
+class WordPieces:
+    """word -> sentencepiece ids of a normalized text's words, kept as one flat table (CSR), so that a chunk
+    of texts is encoded with one dictionary lookup per word and numpy for the rest."""
+
+    def __init__(self, sp):
+        self.sp = sp
+        self.clear()
+
+    def clear(self) -> None:  # bounded: frequent words come back at once
+        self.index: dict[str, int] = {}
+        self.ids, self.start = array("i"), array("q", [0])
+
+    def _add(self, words) -> None:
+        for w in words:
+            if w not in self.index:
+                self.index[w] = len(self.index)
+                self.ids.extend(self.sp.encode(w))
+                self.start.append(len(self.ids))
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if not texts:
+            return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        words = " ".join(texts).split(" ")  # an empty text is one empty word, whose ids are none
+        wid = [self.index.get(w, -1) for w in words]
+        if -1 in wid:
+            if len(self.index) > _CACHE_WORDS:
+                self.clear()
+            self._add(w for w, i in zip(words, wid) if i < 0) if self.index else self._add(words)
+            wid = [self.index[w] for w in words]
+        w = np.array(wid, np.int64)
+        start = np.frombuffer(self.start, np.int64)
+        first, n_ids = start[w], start[w + 1] - start[w]
+        ends = np.cumsum(n_ids)
+        flat = (np.frombuffer(self.ids, np.int32)[np.repeat(first - ends + n_ids, n_ids) + np.arange(int(ends[-1]))]
+                if ends[-1] else np.zeros(0, np.int32))
+        n_words = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
+        last = np.cumsum(n_words) - 1  # each text's last word
+        total = ends[last]
+        return flat, np.diff(total, prepend=0)
+
+
 class SideCodec:
     """Encodes and decodes one language side; serializable into a checkpoint as plain data."""
 
@@ -74,7 +130,10 @@ class SideCodec:
         self.sp_model = sp_model
         self._sp = None
         self._tok = None
-        self._cache: dict[str, list[int]] = {}
+        self._words: WordPieces | None = None
+
+    def __getstate__(self) -> dict:  # for worker processes: the plain data, not the loaded tokenizers
+        return {**self.__dict__, "_sp": None, "_tok": None, "_words": None}
 
     # --- construction -----------------------------------------------------
     @classmethod
@@ -141,28 +200,29 @@ class SideCodec:
         return self.encode_normalized([normalize(t, self.lowercase) for t in texts])
 
     def encode_normalized(self, texts: list[str]) -> list[list[int]]:
-        """Ids of texts that normalize() has seen already (what `mt prepare` streams through)."""
+        """Ids of texts that normalize() has seen already."""
         if self.kind == "sentencepiece":
-            return [self._sp_ids(t) for t in texts]
+            return self.sp.encode(texts)
         return [self.vocab.encode(toks) for toks in self.tokenize_normalized(texts)]
 
-    def _sp_ids(self, text: str) -> list[int]:
-        """sentencepiece ids of one normalized text, word by word from a cache: no piece spans a space, so a text's
-        ids are its words' ids in a row (tests/test_data.py checks this against whole-text encoding). Texts that
-        sentencepiece's NFKC normalization could change (or with control characters) are encoded whole."""
-        if not (text.isascii() or unicodedata.is_normalized("NFKC", text)) or not text.isprintable():
-            return self.sp.encode(text)
-        if not text:
-            return []
-        cache = self._cache
-        words = text.split(" ")
-        try:
-            parts = [cache[w] for w in words]
-        except KeyError:
-            if len(cache) > _CACHE_WORDS:  # a bounded cache: frequent words come back at once
-                cache.clear()
-            parts = [cache[w] if w in cache else cache.setdefault(w, self.sp.encode(w)) for w in words]
-        return list(chain.from_iterable(parts))
+    def encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids of all normalized `texts` in a row as int32, the number of ids of each text): what `mt prepare`
+        stores, equal to encode_normalized's lists (tests/test_streaming_data.py checks it on real lines)."""
+        if self.kind != "sentencepiece":
+            return flatten(self.encode_normalized(texts))
+        if self._words is None:
+            self._words = WordPieces(self.sp)
+        safe = np.fromiter(map(_word_safe, texts), bool, len(texts))
+        if safe.all():
+            return self._words.encode(texts)
+        ids, lens = self._words.encode([t for t, ok in zip(texts, safe) if ok])
+        rest, rest_lens = flatten([self.sp.encode(t) for t, ok in zip(texts, safe) if not ok])
+        all_lens = np.empty(len(texts), np.int64)
+        all_lens[safe], all_lens[~safe] = lens, rest_lens
+        out = np.empty(int(all_lens.sum()), np.int32)
+        mask = np.repeat(safe, all_lens)  # both parts are in text order: masked assignment keeps it
+        out[mask], out[~mask] = ids, rest
+        return out, all_lens
 
     def decode(self, ids: list[int]) -> str:
         """Ids (no specials expected; they are dropped) back to text."""

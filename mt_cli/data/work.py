@@ -8,7 +8,7 @@ import numpy as np
 
 from mt_cli.data.clean import REASONS, pair_digests, pair_filter
 from mt_cli.data.stream import TOKEN_SEP, Chunk, decode_chunk, decode_side
-from mt_cli.data.tokenize import normalize
+from mt_cli.data.tokenize import flatten, normalize
 
 _JOB: dict = {}  # this process's job: set once per worker by init(), read by the chunk functions
 
@@ -42,32 +42,29 @@ def normalized_text(c: Chunk) -> tuple[bytes, bytes, int, int]:
     return ("".join(t + "\n" for t in src).encode(), "".join(t + "\n" for t in tgt).encode(), len(src), len(tgt))
 
 
-def _flat(ids: list[list[int]], rows: np.ndarray, dtype) -> np.ndarray:
-    total = sum(len(ids[i]) for i in rows)
-    return np.fromiter(chain.from_iterable(ids[i] for i in rows), dtype, total)
-
-
 def encode(c: Chunk) -> dict:
     """Ids, lengths and texts of the pairs of a chunk that are kept (training: after the cleaning rules; the
     duplicate rule needs the whole corpus and is applied by the caller to the `digests`)."""
     raw_src, src, tgt = _normalized(c)
     data = _JOB["data"]
-    src_codec, tgt_codec = _JOB["codecs"]
+    codecs = _JOB["codecs"]
     if c.tokens is not None:  # tokenized by the fitting pass already
         words = [[t.split(TOKEN_SEP) if t else [] for t in decode_side(b, c.n, 2, "tokens")] for b in c.tokens]
-        src_ids, tgt_ids = ([codec.vocab.encode(w) for w in side] for codec, side in zip(_JOB["codecs"], words))
+        (src_ids, src_len), (tgt_ids, tgt_len) = (flatten([codec.vocab.encode(w) for w in side])
+                                                  for codec, side in zip(codecs, words))
     else:
-        src_ids, tgt_ids = src_codec.encode_normalized(src), tgt_codec.encode_normalized(tgt)
-    src_len = np.fromiter(map(len, src_ids), np.int64, len(src_ids))
-    tgt_len = np.fromiter(map(len, tgt_ids), np.int64, len(tgt_ids))
+        (src_ids, src_len), (tgt_ids, tgt_len) = (codec.encode_flat(texts) for codec, texts in zip(codecs, (src, tgt)))
     if c.split == "train":
         keep, counts = pair_filter(src_len, tgt_len, src, tgt, data)
     else:  # evaluation splits keep every line: their scores must cover the whole test set
         keep, counts = np.ones(len(src), bool), dict.fromkeys(REASONS, 0)
     rows = np.flatnonzero(keep)
     dtype = _JOB["dtype"]
+    everything = len(rows) == len(src)
     return {"n": c.n, "counts": counts, "src_len": src_len[rows], "tgt_len": tgt_len[rows],
-            "src": _flat(src_ids, rows, dtype), "tgt": _flat(tgt_ids, rows, dtype),
-            "src_text": [raw_src[i] for i in rows], "ref_text": [tgt[i] for i in rows],
+            "src": (src_ids if everything else src_ids[np.repeat(keep, src_len)]).astype(dtype),
+            "tgt": (tgt_ids if everything else tgt_ids[np.repeat(keep, tgt_len)]).astype(dtype),
+            "src_text": raw_src if everything else [raw_src[i] for i in rows],
+            "ref_text": tgt if everything else [tgt[i] for i in rows],
             "digests": pair_digests([src[i] for i in rows], [tgt[i] for i in rows])
             if c.split == "train" and data.dedup else None}
