@@ -34,14 +34,15 @@ def is_prepared(data: DataConfig) -> bool:
         man = load_manifest(folder)
     except DataError:
         return False
-    if data.corpus == "files" and man.get("files_sha256") != user_file_sums(data):
+    if data.corpus == "files" and man.get("files_sha256") != user_file_sums(data, man):
         return False
     return (man.get("fingerprint") == data.fingerprint() and man.get("format") == FORMAT
             and all(has_split(folder, s) for s in man.get("splits", {})))
 
 
 def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, list[Path]], dict]:
-    """The file(s) of every split, training first; Multi30k files are fetched and verified first."""
+    """The file(s) of every split, training first (Multi30k files are fetched and verified first), and the
+    manifest's record of them (checksums; for a 'files' corpus also sizes and modification times)."""
     if data.corpus == "multi30k":
         names = multi30k_splits(data.src_lang, data.tgt_lang)
         files = [f"{s}.{lang}.gz" for s in names for lang in (data.src_lang, data.tgt_lang)]
@@ -57,6 +58,7 @@ def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, l
         given = user_splits(data)
         log(f"reading {', '.join(f'{s} ({spec})' for s, spec in given.items())}")
         specs = {s: split_files(spec, data.src_lang, data.tgt_lang) for s, spec in given.items()}
+        stats = user_file_stats(data)  # before hashing: a file edited meanwhile is hashed again next time
         sums = user_file_sums(data)
     for name, paths in specs.items():  # a missing or empty file answers before any work
         for p in paths:
@@ -66,7 +68,8 @@ def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, l
                     raise DataError(f"{p}: empty; the {name} split needs at least one sentence pair")
             finally:
                 blocks.close()
-    return {"train": specs.pop("train"), "valid": specs.pop("valid"), **specs}, sums
+    record = {"files_sha256": sums, **({"files_stat": stats} if data.corpus == "files" else {})}  # for the manifest
+    return {"train": specs.pop("train"), "valid": specs.pop("valid"), **specs}, record
 
 
 def user_splits(data: DataConfig) -> dict[str, str]:
@@ -82,12 +85,31 @@ def user_splits(data: DataConfig) -> dict[str, str]:
     return specs
 
 
-def user_file_sums(data: DataConfig) -> dict[str, str]:
-    """SHA-256 of every input file of a 'files' corpus: an edited file makes the prepared corpus stale."""
+def user_file_stats(data: DataConfig) -> dict[str, list[int]]:
+    """Size and modification time of every input file of a 'files' corpus, as the manifest records them."""
+    stats = {}
+    for spec in user_splits(data).values():
+        for f in split_files(spec, data.src_lang, data.tgt_lang):
+            if f.is_file():
+                st = f.stat()
+                stats[str(f)] = [st.st_size, st.st_mtime_ns]
+    return stats
+
+
+def user_file_sums(data: DataConfig, man: dict | None = None) -> dict[str, str]:
+    """SHA-256 of every input file of a 'files' corpus: an edited file makes the prepared corpus stale. A file
+    whose size and modification time are those the manifest `man` recorded is not read again (hashing the
+    files of a 10M-pair corpus takes seconds)."""
+    stats, then = ((man or {}).get(k) or {} for k in ("files_stat", "files_sha256"))
+    now = user_file_stats(data)
     sums = {}
     for spec in user_splits(data).values():
         for f in split_files(spec, data.src_lang, data.tgt_lang):
-            sums[str(f)] = sha256_of(f) if f.is_file() else "missing"
+            key = str(f)
+            if key not in now:
+                sums[key] = "missing"
+            else:
+                sums[key] = then[key] if key in then and stats.get(key) == now[key] else sha256_of(f)
     return sums
 
 
@@ -109,7 +131,7 @@ def prepare_corpus(data: DataConfig, source: str | None = None, force: bool = Fa
 
 def _prepare(data: DataConfig, source: str | None, workers: int | None, log, out: Path) -> Path:
     t0 = time.time()
-    specs, sums = _split_files(data, source, log)
+    specs, record = _split_files(data, source, log)
     if workers is None:  # small corpora (Multi30k) are faster in this process than with workers to start
         size = sum(p.stat().st_size for files in specs.values() for p in files if p.is_file())
         workers = default_workers() if size > SMALL_INPUT_BYTES else 1
@@ -124,7 +146,7 @@ def _prepare(data: DataConfig, source: str | None, workers: int | None, log, out
         write_json(tmp / f"vocab.{data.tgt_lang}.json", tgt_codec.vocab.itos)
         write_json(tmp / MANIFEST, {
             "fingerprint": data.fingerprint(), "data_config": {k: v for k, v in vars(data).items()},
-            "format": FORMAT, "splits": info, "files_sha256": sums,
+            "format": FORMAT, "splits": info, **record,
             "vocab_sizes": {"src": len(src_codec.vocab), "tgt": len(tgt_codec.vocab)},
             "mt_cli_version": __version__, "workers": workers, "seconds": round(time.time() - t0, 1)})
         # Swap the whole folder in at once: a reader sees the old corpus or the new one, never a mix.
@@ -178,7 +200,7 @@ def load_corpus(cfg: Config, bucket_width: int, resident: bool | None = None):
         raise DataError(f"{folder}: prepared with another data config or mt_cli version; run `mt prepare --config "
                         f"<this config>`")
     if cfg.data.corpus == "files":  # a file edited since `mt prepare` (files absent here, e.g. on a GPU box, are fine)
-        now, then = user_file_sums(cfg.data), man.get("files_sha256") or {}
+        now, then = user_file_sums(cfg.data, man), man.get("files_sha256") or {}
         changed = [f for f, s in now.items() if s != "missing" and then.get(f) not in (None, s)]
         if changed:
             raise DataError(f"{changed[0]}: changed since `mt prepare` built {folder}; run `mt prepare` again")
