@@ -317,7 +317,7 @@ def test_missing_input_file_and_split(tmp_path, run, cli):
 def test_usage_errors_exit_2_and_bare_mt_shows_help(tmp_path, cli):
     p = cli(cwd=tmp_path)
     assert p.returncode == 0 and "[OPTIONS] COMMAND" in p.stdout + p.stderr and "translate" in p.stdout + p.stderr
-    for args, words in ((["export"], "No such command 'export'"), (["translate"], "Missing option '--checkpoint'"),
+    for args, words in ((["exprot"], "No such command 'exprot'"), (["translate"], "Missing option '--checkpoint'"),
                         (["translate", "--checkpoint", "x", "--beam", "abc"], "Invalid value for '--beam'")):
         p = cli(*args, cwd=tmp_path)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)

@@ -72,10 +72,14 @@ def test_two_processes_train_on_disjoint_shards_and_stay_identical(ddp_run, corp
     assert (run / "result" / S.RUN / "summary.json").is_file()  # rank 0's final test ran; nobody hung
 
 
-def test_sigterm_to_torchrun_then_resume_equals_the_uninterrupted_run(ddp_run, corpus, tmp_path):
+@pytest.mark.parametrize("batches", ["resident", "streamed"])
+def test_sigterm_to_torchrun_then_resume_equals_the_uninterrupted_run(ddp_run, corpus, tmp_path, batches):
+    """Also with batches streamed from the memory-mapped arrays (data.resident_max_mb=0): the same result as
+    the uninterrupted run on device-resident matrices."""
     run = tmp_path
     last = run / "saved" / S.RUN / "last.pt"
-    p = S.popen(S.torchrun_cmd(2, *_args(corpus)), cwd=run, group=True)
+    extra = ["--set", "data.resident_max_mb=0"] if batches == "streamed" else []
+    p = S.popen(S.torchrun_cmd(2, *_args(corpus), *extra), cwd=run, group=True)
     ck = S.pause_at_checkpoint(p, last, S.mid_epoch())
     S.signal_run(p, signal.SIGTERM)
     S.signal_run(p, signal.SIGCONT)

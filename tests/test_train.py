@@ -313,3 +313,20 @@ def test_training_loop_survives_an_oom_batch_and_stops_on_repeated_oom(corpus, t
     assert len(oom_logs) == 4 and "(1 in a row)" in oom_logs[0] and "(3 in a row)" in oom_logs[-1]
     ck = load_checkpoint(tmp_path / "saved" / S.RUN / "last.pt")
     assert ck["step"] == 7 and ck["train_state"]["progress"]["position"] == 7
+
+
+def test_sigterm_then_resume_on_the_streamed_path_equals_the_resident_run(corpus, reference, tmp_path, monkeypatch):
+    """data.resident_max_mb=0 forces batches to be built from the memory-mapped arrays as they are needed (the
+    path of corpora too big for the device): a run on it, stopped by SIGTERM mid-epoch and resumed, ends
+    bit-identical to the uninterrupted run on device-resident matrices."""
+    monkeypatch.chdir(tmp_path)
+    last = tmp_path / "saved" / S.RUN / "last.pt"
+    streamed = [*train_args(corpus), "--set", "data.resident_max_mb=0"]
+    p = S.popen(S.mt_cmd(*streamed), cwd=tmp_path)
+    S.pause_at_checkpoint(p, last, S.mid_epoch(min_epoch=2))
+    out, err = _stop_paused(p, signal.SIGTERM)
+    assert p.returncode == 1 and "streamed from memory-mapped arrays" in err, err[-2000:]
+    cmd, _ = _paste(err, "SIGTERM")
+    r = S.mt(*cmd, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    S.assert_same_run(reference, tmp_path)

@@ -59,6 +59,7 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
             parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log, rank, world)
             state = _starting_state(ctx, parts, resume_from, resume_path)
             _log_start(ctx, parts, len(train_split))
+            log(f"batches: {train_split.description}; {valid_split.description}")
             refs = _valid_refs(cfg) if rank == 0 and cfg.train.val_bleu else []
             with Writer() as writer:
                 trainer = Trainer(ctx, parts, codecs, train_split, valid_split, refs, state, signals, writer,
