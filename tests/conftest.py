@@ -1,7 +1,11 @@
 """Shared fixtures: the real Multi30k files, one prepared corpus per session, small models."""
 from __future__ import annotations
 
+import builtins
+import errno
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from mt_cli import atomic
 from mt_cli.config import ModelConfig, load_config
 from mt_cli.data.sources import read_lines
 from mt_cli.data.vocab import PAD
@@ -99,3 +104,38 @@ def write_tsv(path: Path, src: list[str], tgt: list[str]) -> Path:
     """A two-column parallel TSV file (the `files` corpus format)."""
     path.write_text("".join(f"{a}\t{b}\n" for a, b in zip(src, tgt)), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch):
+    """A folder on a small real file system and `fill(leave)`, which leaves `leave` bytes free in it: a 1 MiB
+    tmpfs where mount is allowed (root), else every temp-file write of mt_cli.atomic there goes to /dev/full."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0 if shutil.which("mount") else False
+    if mounted:
+        def fill(leave: int = 128 << 10):
+            with open(folder / "filler", "wb", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError as e:
+                    assert e.errno == errno.ENOSPC
+            # `leave` free: torch.save's first writes succeed and a later one fails, the case where its zip
+            # writer loses the ENOSPC (writing into a completely full disk fails at once, and clearly)
+            os.truncate(folder / "filler", max(0, os.path.getsize(folder / "filler") - leave))
+        yield SimpleNamespace(folder=folder, fill=fill, mounted=True)
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        return
+    if not os.path.exists("/dev/full"):
+        pytest.skip("neither a tmpfs mount nor /dev/full is available")
+
+    def fill(leave: int = 0):
+        real = builtins.open
+
+        def to_dev_full(path, mode="r", *args, **kwargs):  # temp files in the folder: the atomic writes there
+            full = "w" in mode and str(path).endswith(atomic.TEMP_SUFFIX) and str(path).startswith(str(folder))
+            return real("/dev/full" if full else path, mode, *args, **kwargs)
+        monkeypatch.setattr(atomic, "open", to_dev_full, raising=False)
+    yield SimpleNamespace(folder=folder, fill=fill, mounted=False)

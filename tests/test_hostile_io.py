@@ -147,41 +147,6 @@ def test_evaluate_bench_and_plot_refuse_outputs_that_are_their_inputs(ckpt, prep
 
 # --- 3. a full disk while writing a checkpoint or a prepared split -------------------------------------------
 
-@pytest.fixture
-def full_disk(tmp_path, monkeypatch):
-    """A folder on a small real file system and `fill(leave)`, which leaves `leave` bytes free in it: a 1 MiB
-    tmpfs where mount is allowed (root), else every temp-file write of mt_cli.atomic goes to /dev/full."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0 if shutil.which("mount") else False
-    if mounted:
-        def fill(leave: int = 128 << 10):
-            with open(folder / "filler", "wb", buffering=0) as f:
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                except OSError as e:
-                    assert e.errno == errno.ENOSPC
-            # `leave` free: torch.save's first writes succeed and a later one fails, the case where its zip
-            # writer loses the ENOSPC (writing into a completely full disk fails at once, and clearly)
-            os.truncate(folder / "filler", max(0, os.path.getsize(folder / "filler") - leave))
-        yield SimpleNamespace(folder=folder, fill=fill, mounted=True)
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
-        return
-    if not os.path.exists("/dev/full"):
-        pytest.skip("neither a tmpfs mount nor /dev/full is available")
-
-    def fill(leave: int = 0):
-        real = builtins.open
-
-        def to_dev_full(path, mode="r", *args, **kwargs):
-            full = "w" in mode and str(path).endswith(atomic.TEMP_SUFFIX)
-            return real("/dev/full" if full else path, mode, *args, **kwargs)
-        monkeypatch.setattr(atomic, "open", to_dev_full, raising=False)
-    yield SimpleNamespace(folder=folder, fill=fill, mounted=False)
-
-
 def _temps(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(f"*{atomic.TEMP_SUFFIX}")]
 
@@ -276,12 +241,19 @@ def test_no_error_line_is_unbounded(monkeypatch, capsys, tmp_path):
 
 # --- 7. a malicious or foreign prepared file: one line, exit 2, nothing runs, no advice to turn safety off ---------
 
-@pytest.mark.parametrize("victim", ["codecs.pt", "test_2016_flickr.pt"])
+@pytest.mark.parametrize("victim", ["codecs.pt", "test_2016_flickr.src.npy"])
 def test_a_malicious_prepared_file_is_refused_in_one_line(victim, ckpt, prepared, tmp_path, monkeypatch, capsys):
+    """codecs.pt is a torch file (weights_only), the token arrays are plain .npy: a pickled object array in
+    place of one is refused from its header, never unpickled."""
+    import numpy as np
+
     root = tmp_path / "data"
     shutil.copytree(prepared.root, root)
     marker = tmp_path / "PWNED"
-    torch.save({"src": _RunsCode(marker)}, root / prepared.folder.name / victim)
+    if victim.endswith(".npy"):
+        np.save(root / prepared.folder.name / victim, np.array([_RunsCode(marker)], dtype=object), allow_pickle=True)
+    else:
+        torch.save({"src": _RunsCode(marker)}, root / prepared.folder.name / victim)
     cfg_path = tmp_path / "c.yaml"
     raw = load_checkpoint(ckpt)["config"]
     raw["data"]["root"] = str(root)
@@ -293,7 +265,8 @@ def test_a_malicious_prepared_file_is_refused_in_one_line(victim, ckpt, prepared
         args = ["evaluate", "--checkpoint", str(ckpt), "--data-root", str(root), "--split", "test_2016_flickr",
                 "--out", "ev", "--device", "cpu"]
     code, _, err = run_main(monkeypatch, capsys, *args)
-    line = one_line(code, err, 2, f"{victim}: refused to load: it asks to import", "mt prepare")
+    said = "not a complete prepared array" if victim.endswith(".npy") else "refused to load: it asks to import"
+    line = one_line(code, err, 2, f"{victim}: {said}", "mt prepare")
     assert "weights_only=False" not in line and not marker.exists()
 
 

@@ -2,7 +2,6 @@
 error (a full disk) reaches the training thread as the usual one-line OutputError; snapshots are copies."""
 from __future__ import annotations
 
-import builtins
 import sys
 import threading
 from pathlib import Path
@@ -77,15 +76,15 @@ def test_snapshot_copies_cpu_tensors_and_keeps_tied_ones_shared():
     assert snap["opt"]["groups"] == [(0.9, 0.98)]
 
 
-def test_a_full_disk_during_training_stops_it_with_the_one_line_error(tmp_path, monkeypatch):
-    """A real ENOSPC (/dev/full) in the writer thread reaches train() as the usual OutputError."""
-    import mt_cli.checkpoint as C
+def test_a_full_disk_during_training_stops_it_with_the_one_line_error(tmp_path, full_disk):
+    """A real ENOSPC in the writer thread (checkpoints on a small full file system) reaches train() as the
+    usual OutputError; the failed run keeps nothing to continue from, so its folders go too."""
     from mt_cli.config import load_config
     from mt_cli.training import train
 
     cfg = load_config(S.make_corpus(tmp_path / "corpus"), ["train.save_every=4", "train.val_bleu=false"])
-    monkeypatch.setattr(C, "open", lambda path, mode="r": builtins.open("/dev/full", mode), raising=False)
+    full_disk.fill()
+    saved = full_disk.folder / "saved"
     with pytest.raises(OutputError, match=r"cannot write \S+last.pt: the disk is full"):
-        train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),
-              log=lambda *_: None)
-    assert not (tmp_path / "saved" / S.RUN / "last.pt").exists() and not S.stray_temps(tmp_path)
+        train(cfg, device="cpu", saved_root=str(saved), result_root=str(tmp_path / "result"), log=lambda *_: None)
+    assert not (saved / S.RUN / "last.pt").exists() and not S.stray_temps(full_disk.folder)
