@@ -9,6 +9,7 @@ Multi30k training pairs (the same ones on both sides), so lengths vary from 1x t
 sampled from /proc every 0.1 s over the command and all its children (RSS summed, and PSS summed, which counts a
 page shared by forked workers once), and ru_maxrss of the children (the largest single process) is recorded too.
 --baseline PYTHONPATH runs the same prepare with another mt_cli (e.g. `git archive` of an older commit)."""
+
 from __future__ import annotations
 
 import argparse
@@ -37,23 +38,29 @@ def build_corpus(folder: Path, n: int, seed: int = 0) -> Path:
     de, en = lines("train.de.gz"), lines("train.en.gz")
     if not (folder / "train.en").is_file() or sum(1 for _ in open(folder / "train.en", "rb")) != n:
         rng = random.Random(seed)
-        with open(folder / "train.de", "w", encoding="utf-8") as fd, \
-                open(folder / "train.en", "w", encoding="utf-8") as fe:
+        with (
+            open(folder / "train.de", "w", encoding="utf-8") as fd,
+            open(folder / "train.en", "w", encoding="utf-8") as fe,
+        ):
             for start in range(0, n, 100_000):
-                rows = [[rng.randrange(len(de)) for _ in range(rng.randint(1, 3))]
-                        for _ in range(min(100_000, n - start))]
+                rows = [
+                    [rng.randrange(len(de)) for _ in range(rng.randint(1, 3))] for _ in range(min(100_000, n - start))
+                ]
                 fd.write("".join(" ".join(de[i] for i in r) + "\n" for r in rows))
                 fe.write("".join(" ".join(en[i] for i in r) + "\n" for r in rows))
     for lang in ("de", "en"):
         (folder / f"valid.{lang}").write_text("\n".join(lines(f"val.{lang}.gz")) + "\n", encoding="utf-8")
     cfg = folder / "big.yaml"
-    cfg.write_text(f"""name: big
-data: {{corpus: files, name: big, root: {folder / 'data'}, train: {folder / 'train'}, valid: {folder / 'valid'},
+    cfg.write_text(
+        f"""name: big
+data: {{corpus: files, name: big, root: {folder / "data"}, train: {folder / "train"}, valid: {folder / "valid"},
         tokenizer: sentencepiece, sp_type: bpe, sp_vocab_size: 8000}}
 model: {{d_model: 32, n_heads: 2, enc_layers: 1, dec_layers: 1, d_ff: 64, dropout: 0.1}}
 train: {{epochs: 1, max_tokens: 1024, val_bleu: false, save_every: 0}}
 decode: {{beam_size: 1, batch_size: 256}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return cfg
 
 
@@ -90,16 +97,19 @@ def _mem(pid: int) -> tuple[int, int]:
 
 
 # runs the command and reports its process tree's CPU seconds and largest ru_maxrss (its own RUSAGE_CHILDREN)
-WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-           "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
-           "sys.stderr.write(f'\\nRUSAGE {r.ru_utime + r.ru_stime:.1f} {r.ru_maxrss}\\n'); sys.exit(rc)")
+WRAPPER = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "sys.stderr.write(f'\\nRUSAGE {r.ru_utime + r.ru_stime:.1f} {r.ru_maxrss}\\n'); sys.exit(rc)"
+)
 
 
 def measure(cmd: list[str], env: dict, marker: bytes | None = None, cwd: Path = REPO) -> dict:
     """Run `cmd`; wall time, time until `marker` first shows on stderr, CPU time and peak memory of the tree."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-c", WRAPPER, *cmd], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, cwd=cwd)
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+    )
     peak = {"rss": 0, "pss": 0}
     seen: dict = {}
     err = bytearray()
@@ -128,10 +138,15 @@ def measure(cmd: list[str], env: dict, marker: bytes | None = None, cwd: Path = 
     text = err.decode(errors="replace").replace("\r", "\n").strip().splitlines()
     usage = [x.split() for x in text if x.startswith("RUSAGE ")]
     cpu, maxrss = (float(usage[-1][1]), int(usage[-1][2])) if usage else (None, None)
-    res = {"rc": p.returncode, "seconds": round(wall, 1), "cpu_seconds": cpu,
-           "peak_rss_tree_mb": round(peak["rss"] / 2**20), "peak_pss_tree_mb": round(peak["pss"] / 2**20),
-           "largest_process_maxrss_mb": round(maxrss / 1024) if maxrss else None,
-           "stderr_tail": [x for x in text if not x.startswith("RUSAGE ")][-3:]}
+    res = {
+        "rc": p.returncode,
+        "seconds": round(wall, 1),
+        "cpu_seconds": cpu,
+        "peak_rss_tree_mb": round(peak["rss"] / 2**20),
+        "peak_pss_tree_mb": round(peak["pss"] / 2**20),
+        "largest_process_maxrss_mb": round(maxrss / 1024) if maxrss else None,
+        "stderr_tail": [x for x in text if not x.startswith("RUSAGE ")][-3:],
+    }
     if marker:
         res["seconds_to_marker"] = round(seen["marker"], 1) if "marker" in seen else None
     if p.returncode:
@@ -149,9 +164,24 @@ def env_for(pythonpath: str | None) -> dict:
 def measure_train(folder: Path, cfg: Path) -> dict:
     """`mt train` of 20 steps: time to the first training step's progress bar, and peak memory."""
     mt = [sys.executable, "-m", "mt_cli"]
-    return measure(mt + ["train", "--config", str(cfg), "--device", "cpu", "--set", "train.max_steps=20",
-                         "--saved", str(folder / "saved"), "--result", str(folder / "result")],
-                   env_for(None), marker=b"epoch 1:")
+    return measure(
+        mt
+        + [
+            "train",
+            "--config",
+            str(cfg),
+            "--device",
+            "cpu",
+            "--set",
+            "train.max_steps=20",
+            "--saved",
+            str(folder / "saved"),
+            "--result",
+            str(folder / "result"),
+        ],
+        env_for(None),
+        marker=b"epoch 1:",
+    )
 
 
 def train_again(args) -> None:
@@ -170,11 +200,18 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--work", default="/tmp/mt_big_corpus")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--baseline", default=None, help="a folder holding another mt_cli (e.g. `git archive` of an "
-                    "older commit), which prepares the first size too")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="a folder holding another mt_cli (e.g. `git archive` of an "
+        "older commit), which prepares the first size too",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks/big_corpus.json"))
-    ap.add_argument("--train-only", action="store_true", help="measure `mt train` again on the prepared corpora, "
-                    "keeping the prepare figures of --out")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="measure `mt train` again on the prepared corpora, keeping the prepare figures of --out",
+    )
     args = ap.parse_args()
     if args.train_only:
         return train_again(args)
@@ -184,8 +221,11 @@ def main() -> None:
         folder = Path(args.work) / str(n)
         t0 = time.perf_counter()
         cfg = build_corpus(folder, n)
-        run = {"pairs": n, "build_seconds": round(time.perf_counter() - t0, 1),
-               "train_bytes": sum((folder / f"train.{x}").stat().st_size for x in ("de", "en"))}
+        run = {
+            "pairs": n,
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "train_bytes": sum((folder / f"train.{x}").stat().st_size for x in ("de", "en")),
+        }
         print(f"{n:,} pairs: corpus ready, preparing", flush=True)
         prep = measure(mt + ["prepare", "--config", str(cfg), "--workers", str(args.workers), "--force"], env_for(None))
         prep["pairs_per_s"] = round(n / prep["seconds"]) if not prep["rc"] else None
@@ -195,9 +235,11 @@ def main() -> None:
         run["prepare"] = prep
         print(json.dumps(prep), flush=True)
         if args.baseline and n == args.sizes[0]:
-            base = measure(mt + ["prepare", "--config", str(cfg), "--force", "--set",
-                                 f"data.root={folder / 'data_baseline'}"], env_for(args.baseline),
-                           cwd=Path(args.baseline))  # `python -m` imports from the working folder first
+            base = measure(
+                mt + ["prepare", "--config", str(cfg), "--force", "--set", f"data.root={folder / 'data_baseline'}"],
+                env_for(args.baseline),
+                cwd=Path(args.baseline),
+            )  # `python -m` imports from the working folder first
             base["pairs_per_s"] = round(n / base["seconds"]) if not base["rc"] else None
             run["prepare_baseline"] = base
             print("baseline", json.dumps(base), flush=True)

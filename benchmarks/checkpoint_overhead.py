@@ -8,6 +8,7 @@ mt_cli/writer.py) or copied and handed to the background writer (`async`). A mea
 training thread that mostly waits for a GPU; with real CPU steps, the steps and the writer share the cores.
 
 `sync` uses only functions that older versions also have: PYTHONPATH=<old checkout> times the old code."""
+
 from __future__ import annotations
 
 import argparse
@@ -92,10 +93,22 @@ def run(mode: str, epochs: int, steps: int, out: Path, idle: float = 0.0) -> dic
         for _ in range(0 if idle else steps):  # real steps: they too change every tensor in place
             step()
         t1 = time.perf_counter()
-        rec = {"epoch": epoch, "step": epoch * steps, "train_loss": 5.0 / epoch, "val_loss": 5.0 / epoch,
-               "val_ppl": 150.0 / epoch, "val_bleu": 10.0 * epoch, "lr": 1e-4}
-        ts = lambda: {"optimizer": opt.state_dict(), "schedule": {"plateau": None, "lr": 1e-4},  # noqa: E731
-                      "ranks": [], "scaler": None, "progress": {"epoch": epoch + 1, "position": 0}}
+        rec = {
+            "epoch": epoch,
+            "step": epoch * steps,
+            "train_loss": 5.0 / epoch,
+            "val_loss": 5.0 / epoch,
+            "val_ppl": 150.0 / epoch,
+            "val_bleu": 10.0 * epoch,
+            "lr": 1e-4,
+        }
+        train_state = {
+            "optimizer": opt.state_dict(),
+            "schedule": {"plateau": None, "lr": 1e-4},
+            "ranks": [],
+            "scaler": None,
+            "progress": {"epoch": epoch + 1, "position": 0},
+        }
         kw = dict(cfg=cfg, codecs=codecs, epoch=epoch, step=epoch * steps, metrics=rec)
         if mode == "sync":  # the order the loop used: metrics, curves, best, epoch snapshot, last
             append_line(result / "metrics.jsonl", json.dumps(rec))
@@ -104,30 +117,47 @@ def run(mode: str, epochs: int, steps: int, out: Path, idle: float = 0.0) -> dic
             save_checkpoint(saved / f"epoch_{epoch:04d}.pt", model=model, **kw)
             for old in sorted(saved.glob("epoch_*.pt"))[:-keep]:
                 old.unlink()
-            save_checkpoint(saved / "last.pt", model=model, train_state=ts(), **kw)
+            save_checkpoint(saved / "last.pt", model=model, train_state=train_state, **kw)
         else:
             weights = snapshot(model.state_dict())
-            state = lambda **x: checkpoint_state(weights=weights, **kw, **x)  # noqa: E731
-            writer.submit(partial(append_line, result / "metrics.jsonl", json.dumps(rec)),
-                          partial(save_state, saved / "best.pt", state()),
-                          partial(keep_epoch_checkpoint, saved, epoch, cfg, state()),
-                          partial(save_state, saved / "last.pt", state(train_state=snapshot(ts()))),
-                          partial(report, rec, result))
+
+            def state(weights=weights, kw=kw, **extra):  # bound now: each epoch's own weights and metadata
+                return checkpoint_state(weights=weights, **kw, **extra)
+
+            writer.submit(
+                partial(append_line, result / "metrics.jsonl", json.dumps(rec)),
+                partial(save_state, saved / "best.pt", state()),
+                partial(keep_epoch_checkpoint, saved, epoch, cfg, state()),
+                partial(save_state, saved / "last.pt", state(train_state=snapshot(train_state))),
+                partial(report, rec, result),
+            )
         t2 = time.perf_counter()
-        rows.append({"epoch": epoch, "train_s": round(t1 - t0, 3), "writes_on_training_thread_s": round(t2 - t1, 3),
-                     "epoch_wall_s": round(t2 - t0, 3)})
+        rows.append(
+            {
+                "epoch": epoch,
+                "train_s": round(t1 - t0, 3),
+                "writes_on_training_thread_s": round(t2 - t1, 3),
+                "epoch_wall_s": round(t2 - t0, 3),
+            }
+        )
         print(f"{mode} epoch {epoch}: train {t1 - t0:.2f}s, writes on the training thread {t2 - t1:.2f}s")
     t_flush = time.perf_counter()
     if writer is not None:
         writer.close()
     t_end = time.perf_counter()
     later = rows[1:] or rows  # the first epoch also pays matplotlib's import
-    sizes = {p.name: round(p.stat().st_size / 2 ** 20, 1) for p in sorted(saved.iterdir())}
-    return {"mode": mode, "parameters": sum(p.numel() for p in model.parameters()), "epochs": rows,
-            "median_writes_on_training_thread_s": statistics.median(r["writes_on_training_thread_s"] for r in later),
-            "median_train_s": statistics.median(r["train_s"] for r in later),
-            "median_epoch_wall_s": statistics.median(r["epoch_wall_s"] for r in later),
-            "final_flush_s": round(t_end - t_flush, 3), "total_s": round(t_end - t_run, 2), "files_mib": sizes}
+    sizes = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(saved.iterdir())}
+    return {
+        "mode": mode,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": rows,
+        "median_writes_on_training_thread_s": statistics.median(r["writes_on_training_thread_s"] for r in later),
+        "median_train_s": statistics.median(r["train_s"] for r in later),
+        "median_epoch_wall_s": statistics.median(r["epoch_wall_s"] for r in later),
+        "final_flush_s": round(t_end - t_flush, 3),
+        "total_s": round(t_end - t_run, 2),
+        "files_mib": sizes,
+    }
 
 
 def main() -> None:
@@ -135,8 +165,13 @@ def main() -> None:
     ap.add_argument("--mode", choices=["both", "sync", "async"], default="both")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="training steps per epoch (batch 48 x 24 tokens)")
-    ap.add_argument("--idle-train", type=float, default=0.0, metavar="S",
-                    help="per epoch, S seconds of waiting instead of CPU steps (a GPU-bound training thread)")
+    ap.add_argument(
+        "--idle-train",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="per epoch, S seconds of waiting instead of CPU steps (a GPU-bound training thread)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="ckpt_overhead_"))
@@ -145,13 +180,19 @@ def main() -> None:
         results = [run(m, args.epochs, args.steps, out, args.idle_train) for m in modes]
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
-           "idle_train_s": args.idle_train}
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "idle_train_s": args.idle_train,
+    }
     for r in results:
-        print(f"{r['mode']:>5}: {r['parameters'] / 1e6:.1f}M params; per epoch (median after the first): "
-              f"train {r['median_train_s']:.2f}s, writes on the training thread "
-              f"{r['median_writes_on_training_thread_s']:.2f}s, wall {r['median_epoch_wall_s']:.2f}s; "
-              f"final flush {r['final_flush_s']:.2f}s; total {r['total_s']:.1f}s; files (MiB) {r['files_mib']}")
+        print(
+            f"{r['mode']:>5}: {r['parameters'] / 1e6:.1f}M params; per epoch (median after the first): "
+            f"train {r['median_train_s']:.2f}s, writes on the training thread "
+            f"{r['median_writes_on_training_thread_s']:.2f}s, wall {r['median_epoch_wall_s']:.2f}s; "
+            f"final flush {r['final_flush_s']:.2f}s; total {r['total_s']:.1f}s; files (MiB) {r['files_mib']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
 

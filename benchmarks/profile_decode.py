@@ -1,6 +1,7 @@
 """Where beam search spends its time: decode the longest batch of a split once (warm-up), then again under
 torch.profiler, and print the operators by self time (CUDA time on a GPU) and the time per decoding step.
 Usage: python benchmarks/profile_decode.py CHECKPOINT [--split test_2016_flickr] [--beam 5] [--device auto]"""
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def main() -> None:
     out = decode()
     secs = time.perf_counter() - t0
     steps = max(len(h[0][0]) for h in out) + 1
-    print(f"{len(batch)} sentences, beam {args.beam}, {dev}: {secs:.3f} s, about {steps} steps, "
-          f"{1000 * secs / steps:.2f} ms/step, {len(batch) / secs:.0f} sentences/s")
+    print(
+        f"{len(batch)} sentences, beam {args.beam}, {dev}: {secs:.3f} s, about {steps} steps, "
+        f"{1000 * secs / steps:.2f} ms/step, {len(batch) / secs:.0f} sentences/s"
+    )
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         decode()

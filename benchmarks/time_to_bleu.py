@@ -1,5 +1,6 @@
 """Per run: the first epoch whose validation BLEU reaches a threshold, its elapsed time, and the best.
 Usage: python benchmarks/time_to_bleu.py result/*/metrics.jsonl [--bleu 37.4]"""
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ def main(argv: list[str]) -> None:
     if "--bleu" in argv:
         i = argv.index("--bleu")
         bleu = float(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     print(f"{'run':24} {'epochs':>6} {'first >= ' + str(bleu):>22} {'best val BLEU':>14}  median epoch s")
     for path in argv:
         if not Path(path).is_file():  # e.g. an unmatched shell glob: no runs yet
@@ -28,8 +29,10 @@ def main(argv: list[str]) -> None:
         at = f"epoch {hit['epoch']}, {hit['elapsed']} s" if hit else "not reached"
         best = max(rows, key=lambda r: r.get("val_bleu") or 0)
         per_epoch = sorted(r["seconds"] + r["val_seconds"] for r in rows)[len(rows) // 2]
-        print(f"{Path(path).parent.name:24} {len(rows):6d} {at:>22} {best.get('val_bleu') or 0:9.2f} (ep {best['epoch']:2d})"
-              f"  {per_epoch:.2f}")
+        print(
+            f"{Path(path).parent.name:24} {len(rows):6d} {at:>22} {best.get('val_bleu') or 0:9.2f} "
+            f"(ep {best['epoch']:2d})  {per_epoch:.2f}"
+        )
 
 
 if __name__ == "__main__":

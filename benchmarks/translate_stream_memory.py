@@ -7,6 +7,7 @@ so memory must not grow with the file. A measurement, not a test.
 The input repeats Multi30k test_2016_flickr (German) with an empty line every 50 lines; the output is checked
 for line count, empty lines and order (a repeated source line has the same translation at each repetition).
 Several --lines values in one call show the growth, if any: e.g. --lines 2000 20000 200000."""
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,28 @@ def run_once(checkpoint: str, n: int, chunk_lines: int, beam: int, base: list[st
     cycle = write_input(src, base, n)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "mt_cli", "translate", "--checkpoint", checkpoint, "-i", str(src),
-                        "-o", str(out), "--beam", str(beam), "--chunk-lines", str(chunk_lines), "--device", "cpu"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mt_cli",
+            "translate",
+            "--checkpoint",
+            checkpoint,
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "--beam",
+            str(beam),
+            "--chunk-lines",
+            str(chunk_lines),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - start
     if p.returncode:
         raise SystemExit(f"mt translate failed: {p.stderr.strip().splitlines()[-1]}")
@@ -60,12 +80,19 @@ def run_once(checkpoint: str, n: int, chunk_lines: int, beam: int, base: list[st
     first: dict[str, str] = {}
     consistent = len(got) == n and all(
         (g == "") == (not cycle[i % len(cycle)].strip()) and first.setdefault(cycle[i % len(cycle)], g) == g
-        for i, g in enumerate(got))
+        for i, g in enumerate(got)
+    )
     src.unlink()
     out.unlink()
-    return {"lines": n, "chunk_lines": chunk_lines, "beam": beam, "seconds": round(seconds, 1),
-            "lines_per_s": round(n / seconds, 1), "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
-            "count_order_and_empty_lines_ok": consistent}
+    return {
+        "lines": n,
+        "chunk_lines": chunk_lines,
+        "beam": beam,
+        "seconds": round(seconds, 1),
+        "lines_per_s": round(n / seconds, 1),
+        "peak_rss_mib": round(max(peak_kib, before) / 1024, 1),
+        "count_order_and_empty_lines_ok": consistent,
+    }
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 A reader (or a resumed run) sees the old file or the new one, never a torn mix. A crash in the middle
 of a write can leave a hidden temporary file (`.<name>.<random>.tmp`) next to the target; it is never
 read, and `remove_stale_temps` (called when a run starts or resumes) deletes it."""
+
 from __future__ import annotations
 
 import errno
@@ -214,8 +215,7 @@ def refuse_overwrite(outputs, inputs: dict, option: str = "--output") -> None:
             for out in outs:
                 if out not in (None, "-") and _same_file(Path(out), Path(given)):
                     shown = outs[0] if len(outs) == 1 else out
-                    raise SameFileError(f"{option} {shown}: is the same file as {label} {given}; "
-                                        f"choose another output")
+                    raise SameFileError(f"{option} {shown}: is the same file as {label} {given}; choose another output")
 
 
 def refuse_overwrite_in(folder, pattern: str, inputs: dict, option: str) -> None:
@@ -228,8 +228,10 @@ def refuse_overwrite_in(folder, pattern: str, inputs: dict, option: str) -> None
                 continue
             real = Path(given).resolve()
             if _same_file(real.parent, Path(folder)) and real.match(pattern):
-                raise SameFileError(f"{option} {folder}: would overwrite {label} {given} (it writes {pattern} "
-                                    f"files there); choose another folder")
+                raise SameFileError(
+                    f"{option} {folder}: would overwrite {label} {given} (it writes {pattern} "
+                    f"files there); choose another folder"
+                )
 
 
 def first_missing(path: str | Path) -> Path | None:

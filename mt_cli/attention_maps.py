@@ -4,6 +4,7 @@ Decoding stays on the fast path (fused attention, no weights). Afterwards one te
 (source, produced hypothesis) with need_weights=True gives every decoder layer's cross-attention;
 `attention_panels` picks the matrices that are drawn (so tests can check them), `draw_attention`
 draws them labelled with the tokens as the model sees them (words or subword pieces)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,8 @@ import torch
 from mt_cli.data.vocab import BOS, EOS, PAD
 
 DPI = 100
-CELL = 0.3          # inches per token
-MAX_LABEL = 18      # characters of a token label
+CELL = 0.3  # inches per token
+MAX_LABEL = 18  # characters of a token label
 
 
 def _parse_choice(text: str | int | None, default: str, option: str, noun: str) -> str | int:
@@ -50,8 +51,9 @@ def check_selection(model, layer: str | int, heads: str | int) -> None:
 
 
 @torch.no_grad()
-def cross_attention(model, pairs: list[tuple[list[int], list[int]]], device,
-                    batch_size: int = 64) -> list[torch.Tensor]:
+def cross_attention(
+    model, pairs: list[tuple[list[int], list[int]]], device, batch_size: int = 64
+) -> list[torch.Tensor]:
     """Teacher-forced cross-attention for (source ids, hypothesis ids) pairs, both without specials.
     Returns per pair a float tensor (layers, heads, len(hyp) + 1, len(src) + 1): row i is the query that
     produced hypothesis token i (the last row produced <eos>), column j is source token j (last: <eos>)."""
@@ -60,7 +62,7 @@ def cross_attention(model, pairs: list[tuple[list[int], list[int]]], device,
     out: list[torch.Tensor] = []
     try:
         for i in range(0, len(pairs), batch_size):
-            chunk = pairs[i: i + batch_size]
+            chunk = pairs[i : i + batch_size]
             S = max(len(s) for s, _ in chunk) + 1
             T = max(len(h) for _, h in chunk) + 1
             src = torch.full((len(chunk), S), PAD, dtype=torch.long)
@@ -124,8 +126,7 @@ def draw_attention(grid, src_tokens: list[str], tgt_tokens: list[str], title: st
     from matplotlib.figure import Figure
 
     n_rows, n_cols = len(grid), len(grid[0])
-    fig = Figure(figsize=figure_size(len(src_tokens), len(tgt_tokens), n_rows, n_cols), dpi=DPI,
-                 layout="constrained")
+    fig = Figure(figsize=figure_size(len(src_tokens), len(tgt_tokens), n_rows, n_cols), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False, sharex=True, sharey=True)
     vmax = max(float(m.max()) for row in grid for _, m in row) or 1.0
@@ -155,8 +156,15 @@ def token_labels(codecs: dict, src_ids: list[int], hyp_ids: list[int]) -> tuple[
     return codecs["src"].pieces(src_ids) + ["<eos>"], codecs["tgt"].pieces(hyp_ids) + ["<eos>"]
 
 
-def write_attention_maps(model, codecs: dict, items: list[tuple[str, list[int], list[int]]], out_dir: str | Path,
-                         device, layer: str | int = "last", heads: str | int = "mean") -> list[Path]:
+def write_attention_maps(
+    model,
+    codecs: dict,
+    items: list[tuple[str, list[int], list[int]]],
+    out_dir: str | Path,
+    device,
+    layer: str | int = "last",
+    heads: str | int = "mean",
+) -> list[Path]:
     """One PNG per (name, source ids, hypothesis ids) item: out_dir/<name>.png, written atomically."""
     from mt_cli.plots import save_figure
 

@@ -1,4 +1,5 @@
 """Per-epoch weight snapshots (the last N kept) and checkpoint averaging."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def _check_tensors(weights: dict, path: Path, reference: dict, reference_path: P
             bad = path if not isinstance(t, torch.Tensor) else reference_path
             raise CheckpointError(f"{bad}: weight {name} is not a tensor; not an mt_cli checkpoint")
         if t.shape != ref.shape or t.dtype != ref.dtype:
-            raise CheckpointError(f"tensor {name} is {list(t.shape)} {t.dtype} in {path} but {list(ref.shape)} "
-                                  f"{ref.dtype} in {reference_path}; average checkpoints of one run")
+            raise CheckpointError(
+                f"tensor {name} is {list(t.shape)} {t.dtype} in {path} but {list(ref.shape)} "
+                f"{ref.dtype} in {reference_path}; average checkpoints of one run"
+            )
 
 
 def average_checkpoints(paths: list[Path], out: Path) -> Path:
@@ -54,18 +57,22 @@ def average_checkpoints(paths: list[Path], out: Path) -> Path:
     first = ckpts[-1]
     keys = first["model"].keys()
     for p, c in zip(paths, ckpts):
-        same = c["model"].keys() == keys and c["config"]["model"] == first["config"]["model"] \
-            and _same(c["codecs"], first["codecs"])  # same architecture and the same vocabularies
+        same = (
+            c["model"].keys() == keys
+            and c["config"]["model"] == first["config"]["model"]
+            and _same(c["codecs"], first["codecs"])
+        )  # same architecture and the same vocabularies
         if not same:
-            raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; average checkpoints of "
-                             f"one run")
+            raise ValueError(f"{p}: a different model or vocabulary than {paths[-1]}; average checkpoints of one run")
         _check_tensors(c["model"], p, first["model"], paths[-1])
     avg = {}
     for k in keys:
         t = first["model"][k]
-        avg[k] = (torch.stack([c["model"][k].float() for c in ckpts]).mean(0).to(t.dtype)
-                  if t.is_floating_point() else t)
-    state = {**{k: v for k, v in first.items() if k != "train_state"}, "model": avg,
-             "metrics": {"averaged": [str(p) for p in paths]}}
+        avg[k] = torch.stack([c["model"][k].float() for c in ckpts]).mean(0).to(t.dtype) if t.is_floating_point() else t
+    state = {
+        **{k: v for k, v in first.items() if k != "train_state"},
+        "model": avg,
+        "metrics": {"averaged": [str(p) for p in paths]},
+    }
     save_state(out, state)
     return out

@@ -1,4 +1,5 @@
 """`mt bench`: training and translation throughput, peak memory, device and versions, as JSON."""
+
 from __future__ import annotations
 
 import platform
@@ -29,8 +30,9 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
     train_split.to(dev)
     parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log)  # as `mt train`
     schedule, stepper = parts.schedule, parts.stepper
-    plan = batch_plan(train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True,
-                      seed=cfg.train.seed, epoch=1)
+    plan = batch_plan(
+        train_split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True, seed=cfg.train.seed, epoch=1
+    )
     warm, seen = [], set()
     for batch_rows, length in plan:  # one batch of every shape, so captures/compilation stay out of the timing
         if length not in seen:
@@ -55,13 +57,20 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
     _sync(dev)
     secs = time.perf_counter() - t0
     totals = stepper.take()
-    return {"steps": len(timed), "seconds": round(secs, 3), "warmup_seconds": round(warm_s, 2),
-            "shapes": len(warm), "tokens_per_s": round((n_src + n_tgt) / secs),
-            "tgt_tokens_per_s": round(n_tgt / secs), "steps_per_s": round(len(timed) / secs, 2),
-            "mean_loss": round(totals.mean_loss, 3), "cuda_graphs": stepper.use_graphs,
-            "precision": str(parts.amp_dtype).removeprefix("torch."), "parameters": parts.parameters,
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3) if dev.type == "cuda"
-            else None}
+    return {
+        "steps": len(timed),
+        "seconds": round(secs, 3),
+        "warmup_seconds": round(warm_s, 2),
+        "shapes": len(warm),
+        "tokens_per_s": round((n_src + n_tgt) / secs),
+        "tgt_tokens_per_s": round(n_tgt / secs),
+        "steps_per_s": round(len(timed) / secs, 2),
+        "mean_loss": round(totals.mean_loss, 3),
+        "cuda_graphs": stepper.use_graphs,
+        "precision": str(parts.amp_dtype).removeprefix("torch."),
+        "parameters": parts.parameters,
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 3) if dev.type == "cuda" else None,
+    }
 
 
 def bench_translation(model, cfg: Config, codecs, dev: torch.device, split: str, beams: list[int]) -> dict:
@@ -76,9 +85,12 @@ def bench_translation(model, cfg: Config, codecs, dev: torch.device, split: str,
         cold = _timed(dev, translate_ids, model, longest, cfg.decode, dev, beam_size=k, amp_dtype=amp)
         # the longest batch first: the largest buffers of this beam size, which later batches reuse
         secs = _timed(dev, decode_split, model, codecs, cfg, data, dev, k, amp)
-        out[f"beam{k}"] = {"sentences": len(data), "seconds": round(secs, 3),
-                           "sentences_per_s": round(len(data) / secs, 1),
-                           "cold_longest_batch": {"sentences": len(longest), "seconds": round(cold, 3)}}
+        out[f"beam{k}"] = {
+            "sentences": len(data),
+            "seconds": round(secs, 3),
+            "sentences_per_s": round(len(data) / secs, 1),
+            "cold_longest_batch": {"sentences": len(longest), "seconds": round(cold, 3)},
+        }
     return out
 
 
@@ -91,5 +103,11 @@ def _timed(dev, fn, *args, **kwargs) -> float:
 
 
 def environment(dev: torch.device) -> dict:
-    return {"device": device_name(dev), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "python": platform.python_version(), "mt_cli": __version__, "cpu_threads": torch.get_num_threads()}
+    return {
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "mt_cli": __version__,
+        "cpu_threads": torch.get_num_threads(),
+    }

@@ -1,4 +1,5 @@
 """Self-contained checkpoints: weights + plain metadata, saved atomically, loaded without running code."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,27 +23,53 @@ def save_state(path: str | Path, state: dict) -> None:
     torch_io.save(path, state)
 
 
-def checkpoint_state(*, weights: dict, cfg: Config, codecs: dict, epoch: int, step: int,
-                     metrics: dict | None = None, train_state: dict | None = None) -> dict:
+def checkpoint_state(
+    *,
+    weights: dict,
+    cfg: Config,
+    codecs: dict,
+    epoch: int,
+    step: int,
+    metrics: dict | None = None,
+    train_state: dict | None = None,
+) -> dict:
     """What a checkpoint file holds; `weights` is a model's state dict."""
     state = {
-        "format": FORMAT, "version": __version__, "config": cfg.to_dict(),
+        "format": FORMAT,
+        "version": __version__,
+        "config": cfg.to_dict(),
         # data.root is kept as written (often relative); the absolute path lets `mt evaluate` find the
         # corpus when run from another folder.
         "data_root_abs": str(Path(cfg.data.root).resolve()),
         "codecs": {side: c.state() for side, c in codecs.items()},
-        "model": weights, "epoch": epoch, "step": step, "metrics": metrics or {},
+        "model": weights,
+        "epoch": epoch,
+        "step": step,
+        "metrics": metrics or {},
     }
     if train_state is not None:
         state["train_state"] = train_state
     return state
 
 
-def save_checkpoint(path: Path, *, model, cfg: Config, codecs: dict, epoch: int, step: int,
-                    metrics: dict | None = None, train_state: dict | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    *,
+    model,
+    cfg: Config,
+    codecs: dict,
+    epoch: int,
+    step: int,
+    metrics: dict | None = None,
+    train_state: dict | None = None,
+) -> None:
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_state(path, checkpoint_state(weights=weights, cfg=cfg, codecs=codecs, epoch=epoch, step=step,
-                                      metrics=metrics, train_state=train_state))
+    save_state(
+        path,
+        checkpoint_state(
+            weights=weights, cfg=cfg, codecs=codecs, epoch=epoch, step=step, metrics=metrics, train_state=train_state
+        ),
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -60,8 +87,11 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def _find_data_root(cfg: Config, recorded: str | None) -> None:
     """Use the absolute corpus folder recorded at training time when data.root means nothing from here."""
-    if recorded and not (Path(cfg.data.root) / cfg.data.corpus_name).is_dir() \
-            and (Path(recorded) / cfg.data.corpus_name).is_dir():
+    if (
+        recorded
+        and not (Path(cfg.data.root) / cfg.data.corpus_name).is_dir()
+        and (Path(recorded) / cfg.data.corpus_name).is_dir()
+    ):
         cfg.data.root = recorded
 
 
@@ -80,8 +110,10 @@ def restore(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, C
         model.load_state_dict(ckpt["model"])
     except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         msg = str(e).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{path}: incompatible checkpoint (written by mt_cli {ckpt.get('version', '?')}, "
-                              f"this is {__version__}): {msg}") from None
+        raise CheckpointError(
+            f"{path}: incompatible checkpoint (written by mt_cli {ckpt.get('version', '?')}, "
+            f"this is {__version__}): {msg}"
+        ) from None
     return model, cfg, codecs
 
 
@@ -95,8 +127,10 @@ def weights_misfit(weights: dict, expected: dict) -> str | None:
         if not isinstance(got, torch.Tensor):
             return f"{name} is a {type(got).__name__}, not a tensor"
         if got.shape != want.shape:
-            return (f"tensor {name} has shape {list(got.shape)} in the file but {list(want.shape)} in the model "
-                    f"its config describes")
+            return (
+                f"tensor {name} has shape {list(got.shape)} in the file but {list(want.shape)} in the model "
+                f"its config describes"
+            )
     unexpected = next((k for k in weights if k not in expected), None)
     return f"tensor {unexpected} in the file is not part of the model its config describes" if unexpected else None
 

@@ -1,4 +1,5 @@
 """The `mt` command line: a thin layer that parses, loads the config, and calls one function per command."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,13 @@ from typing import List, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  help="Train, evaluate and use Transformer translation models (Multi30k de→en by default).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Train, evaluate and use Transformer translation models (Multi30k de→en by default).",
+)
 
 DEFAULT_CONFIG = "configs/multi30k_de_en.yaml"
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config.")
@@ -55,12 +61,19 @@ def _amp(dev):
 
 
 @app.command()
-def prepare(config: str = ConfigOpt, source: Optional[str] = typer.Option(
-        None, "--source", help="Folder with the Multi30k .gz files (offline); default: $MT_MULTI30K_DIR or download."),
-        force: bool = typer.Option(False, "--force", help="Rebuild even if the prepared corpus is up to date."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes [the cores available; "
-                                              "none for a small corpus]. The output does not depend on it."),
-        set_: Optional[List[str]] = SetOpt):
+def prepare(
+    config: str = ConfigOpt,
+    source: Optional[str] = typer.Option(
+        None, "--source", help="Folder with the Multi30k .gz files (offline); default: $MT_MULTI30K_DIR or download."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the prepared corpus is up to date."),
+    workers: Optional[int] = typer.Option(
+        None,
+        "--workers",
+        help="Worker processes [the cores available; none for a small corpus]. The output does not depend on it.",
+    ),
+    set_: Optional[List[str]] = SetOpt,
+):
     """Fetch, tokenize and numericalize the corpus into data/<name>/ (streamed: memory does not grow with it)."""
     from mt_cli.data.prepare import prepare_corpus
 
@@ -69,19 +82,32 @@ def prepare(config: str = ConfigOpt, source: Optional[str] = typer.Option(
 
 
 @app.command()
-def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-          resume: bool = typer.Option(False, "--resume", help="Continue the newest run of this config from its "
-                                      "<saved>/<name>[-N]/last.pt: weights, optimizer, LR schedule, RNG states and the "
-                                      "position in the epoch are restored, so the result equals an uninterrupted run."),
-          resume_from: Optional[str] = typer.Option(None, "--resume-from", metavar="PATH", show_default=False,
-                                                    help="Continue from this last.pt (implies --resume)."),
-          init_from: Optional[str] = typer.Option(None, "--init-from", metavar="CKPT", show_default=False,
-                                                  help="Start a new run from this checkpoint's weights (fine-tuning: "
-                                                  "fresh optimizer and schedule, this config's data; same model "
-                                                  "and vocabularies). Sets train.init_from."),
-          saved: str = typer.Option("saved", "--saved", help="Checkpoint root folder."),
-          result: str = typer.Option("result", "--result", help="Logs and reports root folder.")):
+def train(
+    config: str = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue the newest run of this config from its "
+        "<saved>/<name>[-N]/last.pt: weights, optimizer, LR schedule, RNG states and the "
+        "position in the epoch are restored, so the result equals an uninterrupted run.",
+    ),
+    resume_from: Optional[str] = typer.Option(
+        None, "--resume-from", metavar="PATH", show_default=False, help="Continue from this last.pt (implies --resume)."
+    ),
+    init_from: Optional[str] = typer.Option(
+        None,
+        "--init-from",
+        metavar="CKPT",
+        show_default=False,
+        help="Start a new run from this checkpoint's weights (fine-tuning: "
+        "fresh optimizer and schedule, this config's data; same model "
+        "and vocabularies). Sets train.init_from.",
+    ),
+    saved: str = typer.Option("saved", "--saved", help="Checkpoint root folder."),
+    result: str = typer.Option("result", "--result", help="Logs and reports root folder."),
+):
     """Train a Transformer; keeps best/last checkpoints, logs metrics per epoch, tests at the end.
 
     Ctrl-C or SIGTERM saves last.pt at the next step and prints the command that continues the run.
@@ -105,16 +131,22 @@ def train(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
 
 
 @app.command()
-def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
-             split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
-             beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
-             device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-             out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
-             data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
-             attention: Optional[str] = typer.Option(None, "--attention", help="Also draw cross-attention maps "
-                                                     "of the first --limit sentences of each split into this folder."),
-             limit: int = typer.Option(10, "--limit", help="Sentences per split with an attention map."),
-             attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt):
+def evaluate(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
+    attention: Optional[str] = typer.Option(
+        None,
+        "--attention",
+        help="Also draw cross-attention maps of the first --limit sentences of each split into this folder.",
+    ),
+    limit: int = typer.Option(10, "--limit", help="Sentences per split with an attention map."),
+    attention_layer: str = AttnLayerOpt,
+    attention_heads: str = AttnHeadsOpt,
+):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
     from mt_cli.atomic import check_writable, no_new_folders_on_failure, refuse_overwrite_in
     from mt_cli.checkpoint import load_for_inference
@@ -124,8 +156,7 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
     splits, tag = split or ["test_2016_flickr"], f".{Path(checkpoint).stem}"
     out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
     # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
-    _refuse_overwrite({"--out": out_dir}, {"--checkpoint": checkpoint},
-                      {"--out": report_files(splits, tag, beam or 1)})
+    _refuse_overwrite({"--out": out_dir}, {"--checkpoint": checkpoint}, {"--out": report_files(splits, tag, beam or 1)})
     if attention:
         maps = _attention_setup(attention, attention_layer, attention_heads)
         if limit < 1:
@@ -142,8 +173,19 @@ def evaluate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt che
         cfg.data.root = data_root
     check_writable(out_dir)  # before decoding, not after
     with no_new_folders_on_failure(out_dir, attention):  # a failure leaves no empty eval/ or map folders
-        report = evaluate_splits(model, codecs, cfg, splits, dev, beam or 1, out_dir, _amp(dev), log=_say, tag=tag,
-                                 checkpoint=str(checkpoint))
+        report = evaluate_splits(
+            model,
+            codecs,
+            cfg,
+            splits,
+            dev,
+            beam or 1,
+            out_dir,
+            _amp(dev),
+            log=_say,
+            tag=tag,
+            checkpoint=str(checkpoint),
+        )
         typer.echo(format_table(report))
         typer.echo(f"report: {out_dir}")
         if attention:
@@ -180,21 +222,29 @@ def _attention_setup(folder: str, layer: str, heads: str):
 
 
 @app.command()
-def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
-              input: str = typer.Option("-", "--input", "-i", help="Text file, one sentence per line; - = stdin."),
-              output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
-              beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
-              nbest: int = typer.Option(1, "--nbest", help="Print the n best translations per line (tab-separated)."),
-              device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-              attention: Optional[str] = typer.Option(None, "--attention", help="Also draw a cross-attention map "
-                                                      "per line (of the best translation) into this folder: NNNN.png."),
-              attention_layer: str = AttnLayerOpt, attention_heads: str = AttnHeadsOpt,
-              chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Lines read, translated and written "
-                                              "at a time (memory grows with it)."),
-              max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest input line accepted."),
-              sample: Optional[str] = typer.Option(None, "--sample", help="Sample instead of searching: topk:K or "
-                                                   "topp:P (e.g. back-translation)."),
-              seed: int = typer.Option(0, "--seed", help="Random seed of --sample.")):
+def translate(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    input: str = typer.Option("-", "--input", "-i", help="Text file, one sentence per line; - = stdin."),
+    output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
+    beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
+    nbest: int = typer.Option(1, "--nbest", help="Print the n best translations per line (tab-separated)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    attention: Optional[str] = typer.Option(
+        None,
+        "--attention",
+        help="Also draw a cross-attention map per line (of the best translation) into this folder: NNNN.png.",
+    ),
+    attention_layer: str = AttnLayerOpt,
+    attention_heads: str = AttnHeadsOpt,
+    chunk_lines: int = typer.Option(
+        10_000, "--chunk-lines", help="Lines read, translated and written at a time (memory grows with it)."
+    ),
+    max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest input line accepted."),
+    sample: Optional[str] = typer.Option(
+        None, "--sample", help="Sample instead of searching: topk:K or topp:P (e.g. back-translation)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed of --sample."),
+):
     """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
     from mt_cli.atomic import check_writable
     from mt_cli.checkpoint import load_for_inference
@@ -231,9 +281,21 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
         n_maps.extend(write_attention_maps(model, codecs, named, attention, dev, *maps))
 
     with sigterm_raises(), stream, output_writer(output) as write:
-        n = translate_stream(model, cfg, codecs, read_chunks(stream, where, chunk_lines, max_line_bytes), write,
-                             dev, beam, nbest, _amp(dev), show_progress=input != "-", warn=_say,
-                             on_chunk=draw if attention else None, sampler=sampler)
+        n = translate_stream(
+            model,
+            cfg,
+            codecs,
+            read_chunks(stream, where, chunk_lines, max_line_bytes),
+            write,
+            dev,
+            beam,
+            nbest,
+            _amp(dev),
+            show_progress=input != "-",
+            warn=_say,
+            on_chunk=draw if attention else None,
+            sampler=sampler,
+        )
     if output != "-":
         _say(f"wrote {n} lines to {output}")
     if attention:
@@ -241,20 +303,26 @@ def translate(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt ch
 
 
 @app.command()
-def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
-          steps: int = typer.Option(100, "--steps", help="Timed training steps (after one warm-up step per shape)."),
-          checkpoint: Optional[str] = typer.Option(None, "--checkpoint",
-                                                   help="Model for translation speed [an untrained one of the config]."),
-          split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
-          training: bool = typer.Option(True, "--training/--no-training", help="Also time training steps."),
-          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-          out: Optional[str] = typer.Option(None, "--out", help="JSON report [result/bench/<config name>.json].")):
+def bench(
+    config: str = ConfigOpt,
+    set_: Optional[List[str]] = SetOpt,
+    steps: int = typer.Option(100, "--steps", help="Timed training steps (after one warm-up step per shape)."),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="Model for translation speed [an untrained one of the config]."
+    ),
+    split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
+    training: bool = typer.Option(True, "--training/--no-training", help="Also time training steps."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    out: Optional[str] = typer.Option(None, "--out", help="JSON report [result/bench/<config name>.json]."),
+):
     """Measure training throughput, translation speed (greedy, beam 5) and peak memory."""
     import json
 
     cfg = _load(config, set_)
     if steps < 1:
         _fail(f"--steps {steps}: must be >= 1", 2)
+    import torch
+
     from mt_cli.atomic import check_writable, write_json
     from mt_cli.bench import bench_training, bench_translation, environment
     from mt_cli.checkpoint import load_for_inference
@@ -262,8 +330,6 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     from mt_cli.data.vocab import PAD
     from mt_cli.evaluate import load_eval_split
     from mt_cli.model import build_model
-
-    import torch
 
     dev = _device(device)
     path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
@@ -283,8 +349,10 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
     report["training"] = bench_training(cfg, dev, steps, log=_say) if training else None
     if training:
-        _say(f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
-             f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s")
+        _say(
+            f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
+            f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s"
+        )
     if checkpoint:
         model = model.to(dev)
     else:
@@ -293,15 +361,17 @@ def bench(config: str = ConfigOpt, set_: Optional[List[str]] = SetOpt,
     report["translation_model"] = checkpoint or "untrained"
     report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
     if dev.type == "cuda":
-        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2 ** 30, 3)
+        report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
     write_json(path, report)
     typer.echo(json.dumps({k: report[k] for k in ("device", "training", "translation")}, indent=1))
     typer.echo(f"saved {path}")
 
 
 @app.command()
-def average(checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one run (e.g. saved/run/epoch_*.pt)."),
-            output: str = typer.Option(..., "--output", "-o", help="Where to write the averaged checkpoint.")):
+def average(
+    checkpoints: List[str] = typer.Argument(..., help="Checkpoints of one run (e.g. saved/run/epoch_*.pt)."),
+    output: str = typer.Option(..., "--output", "-o", help="Where to write the averaged checkpoint."),
+):
     """Average the weights of several checkpoints of one run into a new checkpoint."""
     from mt_cli.averaging import average_checkpoints
 
@@ -310,10 +380,13 @@ def average(checkpoints: List[str] = typer.Argument(..., help="Checkpoints of on
 
 
 @app.command()
-def plot(runs: List[str] = typer.Argument(..., help="Run folders, or run names under --result."),
-         out: Optional[str] = typer.Option(None, "--out", "-o",
-                                           help="PNG file [<run>/curves.png for one run, curves.png for several]."),
-         result: str = typer.Option("result", "--result", help="Where run names are looked up.")):
+def plot(
+    runs: List[str] = typer.Argument(..., help="Run folders, or run names under --result."),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", help="PNG file [<run>/curves.png for one run, curves.png for several]."
+    ),
+    result: str = typer.Option("result", "--result", help="Where run names are looked up."),
+):
     """Draw learning curves (loss, validation BLEU, learning rate) of one run, or several overlaid."""
     from mt_cli.plots import plot_runs, resolve_run
 
@@ -324,9 +397,11 @@ def plot(runs: List[str] = typer.Argument(..., help="Run folders, or run names u
 
 
 @app.command()
-def runs(names: Optional[List[str]] = typer.Argument(None, help="Runs to list [every run under --result]."),
-         result: str = typer.Option("result", "--result", help="Folder holding the runs."),
-         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+def runs(
+    names: Optional[List[str]] = typer.Argument(None, help="Runs to list [every run under --result]."),
+    result: str = typer.Option("result", "--result", help="Folder holding the runs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
     """List runs with the config keys that differ between them, best validation BLEU and test BLEU."""
     import json
 
@@ -344,15 +419,18 @@ def runs(names: Optional[List[str]] = typer.Argument(None, help="Runs to list [e
 
 
 @app.command()
-def score(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
-          input: str = typer.Option(..., "--input", "-i", help="Source sentences, one per line; - = stdin."),
-          reference: str = typer.Option(..., "--reference", "-r", help="Their translations, one per line."),
-          output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
-          length_penalty: Optional[float] = typer.Option(None, "--length-penalty",
-                                                         help="GNMT alpha of the normalised score [config's]."),
-          device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-          chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Pairs read, scored and written at a time."),
-          max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest line accepted.")):
+def score(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    input: str = typer.Option(..., "--input", "-i", help="Source sentences, one per line; - = stdin."),
+    reference: str = typer.Option(..., "--reference", "-r", help="Their translations, one per line."),
+    output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
+    length_penalty: Optional[float] = typer.Option(
+        None, "--length-penalty", help="GNMT alpha of the normalised score [config's]."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Pairs read, scored and written at a time."),
+    max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest line accepted."),
+):
     """Print each pair's log-probability under the model (forced decoding): normalised<TAB>raw per line.
 
     normalised = raw / ((5 + len) / 6) ** alpha, the score beam search ranks by (len counts <eos>)."""
@@ -371,21 +449,27 @@ def score(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkp
     (src, src_name), (ref, ref_name) = open_input(input), open_input(reference)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
     alpha = cfg.decode.length_penalty if length_penalty is None else length_penalty
-    pairs = paired_lines(read_bounded_lines(src, src_name, max_line_bytes),
-                         read_bounded_lines(ref, ref_name, max_line_bytes), src_name, ref_name)
+    pairs = paired_lines(
+        read_bounded_lines(src, src_name, max_line_bytes),
+        read_bounded_lines(ref, ref_name, max_line_bytes),
+        src_name,
+        ref_name,
+    )
     with sigterm_raises(), src, ref, output_writer(output) as write:
-        n = score_stream(model, codecs, chunked(pairs, chunk_lines, size=lambda p: len(p[0]) + len(p[1])), write,
-                         dev, alpha)
+        n = score_stream(
+            model, codecs, chunked(pairs, chunk_lines, size=lambda p: len(p[0]) + len(p[1])), write, dev, alpha
+        )
     if output != "-":
         _say(f"wrote {n} scores to {output}")
 
 
 @app.command()
-def export(checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
-           format: str = typer.Option("ctranslate2", "--format", help="Export format (ctranslate2)."),
-           quantization: str = typer.Option("float32", "--quantization",
-                                            help="int8, int8_float16, float16 or float32."),
-           output: str = typer.Option(..., "--output", "-o", help="New folder for the exported model.")):
+def export(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    format: str = typer.Option("ctranslate2", "--format", help="Export format (ctranslate2)."),
+    quantization: str = typer.Option("float32", "--quantization", help="int8, int8_float16, float16 or float32."),
+    output: str = typer.Option(..., "--output", "-o", help="New folder for the exported model."),
+):
     """Export a checkpoint for deployment: a CTranslate2 model folder with its tokenizers and config."""
     import torch
 

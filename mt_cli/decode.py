@@ -1,4 +1,5 @@
 """Greedy and beam search over batches, on the device, with cached decoder keys/values."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,21 +33,24 @@ def _force_eos(logp: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
     return torch.where(at_limit[..., None], only_eos, logp)
 
 
-def greedy_search(model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10,
-                  check_every: int = 4) -> list[list[int]]:
+def greedy_search(
+    model, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10, check_every: int = 4
+) -> list[list[int]]:
     """Argmax decoding; returns token ids without <bos>/<eos>."""
     return _token_search(model, src, lambda logp: logp.argmax(-1), max_len_a, max_len_b, check_every)
 
 
-def sample_search(model, src: torch.Tensor, sampler: Sampler, max_len_a: float = 1.5, max_len_b: int = 10,
-                  check_every: int = 4) -> list[list[int]]:
+def sample_search(
+    model, src: torch.Tensor, sampler: Sampler, max_len_a: float = 1.5, max_len_b: int = 10, check_every: int = 4
+) -> list[list[int]]:
     """Like greedy search, but each token is drawn by `sampler` (top-k or nucleus sampling)."""
     return _token_search(model, src, sampler.choose, max_len_a, max_len_b, check_every)
 
 
 @torch.no_grad()
-def _token_search(model, src: torch.Tensor, choose, max_len_a: float, max_len_b: int,
-                  check_every: int) -> list[list[int]]:
+def _token_search(
+    model, src: torch.Tensor, choose, max_len_a: float, max_len_b: int, check_every: int
+) -> list[list[int]]:
     """One hypothesis per sentence, extended by `choose(logp) -> tokens` at each step."""
     n = src.size(0)
     limit = _max_lengths(model, src, max_len_a, max_len_b)
@@ -104,8 +108,9 @@ class Sampler:
 def _start(model, src: torch.Tensor, beams: int, steps: int) -> dict:
     limit = model.max_positions
     if limit is not None and src.size(1) > limit:
-        raise ValueError(f"a source sentence of {src.size(1)} tokens is longer than the model's {limit} learned "
-                         f"positions; split it")
+        raise ValueError(
+            f"a source sentence of {src.size(1)} tokens is longer than the model's {limit} learned positions; split it"
+        )
     state = model.start_state(src, expand=beams, max_steps=steps)
     state["never"] = torch.tensor([PAD, BOS], device=src.device)
     state["never_first"] = torch.tensor([PAD, BOS, EOS], device=src.device)
@@ -122,8 +127,16 @@ def length_penalty(length: torch.Tensor | int, alpha: float):
 
 
 @torch.no_grad()
-def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0, max_len_a: float = 1.5,
-                max_len_b: int = 10, nbest: int = 1, check_every: int = 4) -> list[list[tuple[list[int], float]]]:
+def beam_search(
+    model,
+    src: torch.Tensor,
+    beam_size: int = 5,
+    alpha: float = 1.0,
+    max_len_a: float = 1.5,
+    max_len_b: int = 10,
+    nbest: int = 1,
+    check_every: int = 4,
+) -> list[list[tuple[list[int], float]]]:
     """Batched beam search (sentences × beams on the device). A sentence is finished once `beam_size`
     hypotheses ended in <eos> among the top candidates, so beam 1 is exactly greedy search.
     Returns, per sentence, the n best (token ids, length-normalized log-probability)."""
@@ -169,8 +182,10 @@ def beam_search(model, src: torch.Tensor, beam_size: int = 5, alpha: float = 1.0
     order = fin_scores.argsort(dim=1, descending=True)[:, :nbest]
     best_s = fin_scores.gather(1, order).tolist()
     best_t = fin_tokens.gather(1, order[..., None].expand(B, nbest, T)).tolist()
-    return [[(_until_eos(toks), s) for toks, s in zip(ts, ss) if s > NEG_INF] or [([], NEG_INF)]
-            for ts, ss in zip(best_t, best_s)]
+    return [
+        [(_until_eos(toks), s) for toks, s in zip(ts, ss) if s > NEG_INF] or [([], NEG_INF)]
+        for ts, ss in zip(best_t, best_s)
+    ]
 
 
 # Every decoding batch (and step) brings new attention shapes, and the cuDNN backend of SDPA, which torch
@@ -188,9 +203,16 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
 
 
 @torch.no_grad()
-def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: DecodeConfig, device: torch.device,
-                  beam_size: int | None = None, amp_dtype: torch.dtype | None = None,
-                  progress=None, sampler: Sampler | None = None) -> list[list[tuple[list[int], float]]]:
+def translate_ids(
+    model,
+    sources: list[torch.Tensor] | torch.Tensor,
+    cfg: DecodeConfig,
+    device: torch.device,
+    beam_size: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress=None,
+    sampler: Sampler | None = None,
+) -> list[list[tuple[list[int], float]]]:
     """Decode padded source rows (or a list of 1-D id tensors ending in <eos>) in length-sorted batches;
     results come back in input order, each a list of n-best (ids, score). A `sampler` samples instead
     of searching (one output per sentence, score 0)."""
@@ -205,7 +227,7 @@ def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: Decode
     model.eval()
     try:
         for i in range(0, len(order), cfg.batch_size):
-            idx = order[i: i + cfg.batch_size]
+            idx = order[i : i + cfg.batch_size]
             width = int(lens[idx].max())
             if isinstance(sources, list):
                 src = torch.full((len(idx), width), PAD, dtype=torch.long)
@@ -220,8 +242,9 @@ def translate_ids(model, sources: list[torch.Tensor] | torch.Tensor, cfg: Decode
                 elif k == 1:
                     hyps = [[(h, 0.0)] for h in greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)]
                 else:
-                    hyps = beam_search(model, src, k, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b,
-                                       min(cfg.nbest, k))
+                    hyps = beam_search(
+                        model, src, k, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, min(cfg.nbest, k)
+                    )
             for j, h in zip(idx, hyps):
                 results[j] = h
             if progress is not None:

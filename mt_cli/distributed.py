@@ -3,6 +3,7 @@
 torchrun describes the job in the environment (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT).
 CUDA devices use NCCL and the CPU uses gloo (MT_DIST_BACKEND=gloo|nccl overrides). Only rank 0 writes
 files; every collective below is called by all ranks at the same point of the program."""
+
 from __future__ import annotations
 
 import hashlib

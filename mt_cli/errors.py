@@ -1,5 +1,6 @@
 """How failures reach the user: one line on stderr and an exit status (2: bad config, input, option or
 checkpoint; 1: a runtime failure; 130: interrupted), never a traceback."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ MAX_LINE = 1000  # characters of an error line: messages echo user values (a pat
 
 def one_line(text: str, limit: int = MAX_LINE) -> str:
     """`text` as one line of at most `limit` characters (cut ones end with '…')."""
-    text = " ".join(part.strip() for part in str(text)[:limit * 4].splitlines() if part.strip())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    text = " ".join(part.strip() for part in str(text)[: limit * 4].splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def say_error(msg: str, prefix: str = "error: ") -> None:

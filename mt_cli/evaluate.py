@@ -1,5 +1,6 @@
 """Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF), evaluation reports, the
 validation loss, and the final test of a training run."""
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,13 @@ def score(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
     chrf = CHRF(lowercase=lowercase)
     b = bleu.corpus_score(hyps, [refs])
     c = chrf.corpus_score(hyps, [refs])
-    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2), "bleu_signature": str(bleu.get_signature()),
-            "chrf_signature": str(chrf.get_signature()), "sentences": len(hyps)}
+    return {
+        "bleu": round(b.score, 2),
+        "chrf": round(c.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "sentences": len(hyps),
+    }
 
 
 @torch.no_grad()
@@ -38,7 +44,7 @@ def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> floa
     model.eval()
     total = torch.zeros(2, device=device)
     plan = batch_plan(split, None, cfg.train.max_tokens or 4096, shuffle=False, fill=False)
-    plan = plan[distributed.rank()::distributed.world()]
+    plan = plan[distributed.rank() :: distributed.world()]
     for b in iterate(split, plan, device):
         with autocast(device, amp_dtype):
             loss, n = loss_sum(model, b.src, b.tgt_in, b.tgt_out, 0.0)
@@ -53,8 +59,11 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
     folder = corpus_dir(cfg.data)
     if not has_split(folder, split):
         have = split_names(folder)
-        hint = f"available: {', '.join(have)}" if have else \
-            "run `mt prepare` with this config first, or point --data-root at the folder holding it"
+        hint = (
+            f"available: {', '.join(have)}"
+            if have
+            else "run `mt prepare` with this config first, or point --data-root at the folder holding it"
+        )
         raise DataError(f"{folder}: no split {split!r} ({hint})")
     data = Split(folder / split, cfg.train.bucket_width, resident_max_mb=cfg.data.resident_max_mb)
     src = read_lines(folder / f"{split}.{cfg.data.src_lang}")
@@ -74,8 +83,19 @@ def report_files(splits: list[str], tag: str, beam_size: int) -> list[str]:
     return [f"{split}{tag}.beam{beam_size}.hyp" for split in splits] + [f"eval{tag}.beam{beam_size}.json"]
 
 
-def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_size: int, out_dir: Path | None,
-                    amp_dtype=None, log=print, tag: str = "", checkpoint: str | None = None) -> dict:
+def evaluate_splits(
+    model,
+    codecs,
+    cfg: Config,
+    splits: list[str],
+    device,
+    beam_size: int,
+    out_dir: Path | None,
+    amp_dtype=None,
+    log=print,
+    tag: str = "",
+    checkpoint: str | None = None,
+) -> dict:
     """Decode and score each split; write hypotheses and a JSON report under out_dir (an existing report
     of the same tag and beam keeps its other splits if they come from the same checkpoint file). Every split
     is checked before any decoding, and the files are written only once all splits are done."""
@@ -95,13 +115,20 @@ def evaluate_splits(model, codecs, cfg: Config, splits: list[str], device, beam_
             torch.cuda.synchronize()
         secs = time.perf_counter() - t0
         res = score(hyps[split], refs, cfg.data.lowercase)
-        res.update({"beam_size": beam_size, "seconds": round(secs, 3),
-                    "sentences_per_s": round(len(hyps[split]) / max(secs, 1e-9), 1)})
+        res.update(
+            {
+                "beam_size": beam_size,
+                "seconds": round(secs, 3),
+                "sentences_per_s": round(len(hyps[split]) / max(secs, 1e-9), 1),
+            }
+        )
         if checkpoint:
             res.update(checkpoint=checkpoint, checkpoint_modified=made)
         report[split] = res
-        log(f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps[split])} sentences, beam "
-            f"{beam_size}, {res['sentences_per_s']:.0f} sent/s)")
+        log(
+            f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps[split])} sentences, beam "
+            f"{beam_size}, {res['sentences_per_s']:.0f} sent/s)"
+        )
     if out_dir is not None and report:
         _write_reports(Path(out_dir), report, hyps, tag, beam_size, (checkpoint, made))
     return report
@@ -113,8 +140,11 @@ def _write_reports(out_dir: Path, report: dict, hyps: dict, tag: str, beam_size:
     names = report_files(list(report), tag, beam_size)
     path = out_dir / names[-1]
     earlier = read_json_or_none(path)
-    same = {k: v for k, v in (earlier.items() if isinstance(earlier, dict) else ())
-            if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == source}
+    same = {
+        k: v
+        for k, v in (earlier.items() if isinstance(earlier, dict) else ())
+        if isinstance(v, dict) and (v.get("checkpoint"), v.get("checkpoint_modified")) == source
+    }
     created = []
     try:
         for split, name in zip(report, names):
@@ -144,8 +174,10 @@ def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, l
 
     best, beam = saved_dir / "best.pt", cfg.decode.beam_size
     if not best.is_file():
-        log(f"no {best.name}: no epoch improved {cfg.train.best_metric} (was it ever finite?); the final test "
-            f"was skipped")
+        log(
+            f"no {best.name}: no epoch improved {cfg.train.best_metric} (was it ever finite?); the final test "
+            f"was skipped"
+        )
         return {}
 
     def load(p: Path):
@@ -154,11 +186,15 @@ def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, l
 
     path, chosen, loaded = best, None, {}
     if cfg.train.average_last and epoch_checkpoints(saved_dir):
-        avg = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last:], saved_dir / "averaged.pt")
+        avg = average_checkpoints(epoch_checkpoints(saved_dir)[-cfg.train.average_last :], saved_dir / "averaged.pt")
         log(f"averaged the last {min(cfg.train.average_last, len(epoch_checkpoints(saved_dir)))} epochs -> {avg}")
         loaded = {p: load(p) for p in (avg, best)}
-        chosen = {p.name: evaluate_splits(*loaded[p], cfg, ["valid"], dev, beam, None, amp_dtype,
-                                          lambda *_: None)["valid"]["bleu"] for p in loaded}
+        chosen = {
+            p.name: evaluate_splits(*loaded[p], cfg, ["valid"], dev, beam, None, amp_dtype, lambda *_: None)["valid"][
+                "bleu"
+            ]
+            for p in loaded
+        }
         path = avg if chosen[avg.name] >= chosen[best.name] else best
         log(f"valid BLEU with beam {beam}: {', '.join(f'{k} {v:.2f}' for k, v in chosen.items())} -> {path.name}")
     model, codecs = loaded.get(path) or load(path)

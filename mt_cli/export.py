@@ -1,5 +1,6 @@
 """`mt export --format ctranslate2`: a checkpoint as a CTranslate2 model folder (weights through CTranslate2's
 specs API, plus the tokenizers and config that translation needs). CTranslate2 is an optional extra."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,10 @@ class ExportError(ValueError):
 def _check_supported(cfg) -> None:
     """Refuse, naming the option, what a CTranslate2 Transformer cannot compute."""
     if cfg.model.attention == "additive":
-        raise ExportError("model.attention: additive: CTranslate2 has only dot-product attention; "
-                          "export a scaled_dot, dot or bilinear model")
+        raise ExportError(
+            "model.attention: additive: CTranslate2 has only dot-product attention; "
+            "export a scaled_dot, dot or bilinear model"
+        )
 
 
 def _linear(spec, layer: torch.nn.Linear, weight=None, bias=None) -> None:
@@ -43,7 +46,7 @@ def _attention_weights(attn):
     q_w, q_b = attn.q_proj.weight.detach().clone(), attn.q_proj.bias.detach().clone()
     k_w, k_b = attn.k_proj.weight.detach().clone(), attn.k_proj.bias.detach().clone()
     if attn.scoring in ("dot", "bilinear"):
-        q_w, q_b = q_w * attn.d_head ** 0.5, q_b * attn.d_head ** 0.5
+        q_w, q_b = q_w * attn.d_head**0.5, q_b * attn.d_head**0.5
     if attn.scoring == "bilinear":
         w = torch.block_diag(*[attn.bilinear.weight.detach()] * attn.h)
         k_w, k_b = w @ k_w, w @ k_b
@@ -83,8 +86,9 @@ def build_spec(model, cfg, codecs: dict):
 
     _check_supported(cfg)
     m, pre = cfg.model, cfg.model.norm == "pre"
-    spec = ctranslate2.specs.TransformerSpec.from_config((m.enc_layers, m.dec_layers), m.n_heads, pre_norm=pre,
-                                                         no_final_norm=not pre)
+    spec = ctranslate2.specs.TransformerSpec.from_config(
+        (m.enc_layers, m.dec_layers), m.n_heads, pre_norm=pre, no_final_norm=not pre
+    )
     positions = m.max_positions
     _embeddings(spec.encoder, model.src_embed, positions)
     _embeddings(spec.decoder, model.tgt_embed, positions)
@@ -129,8 +133,9 @@ def export_ctranslate2(model, cfg, codecs: dict, out_dir: str | Path, quantizati
     try:  # written beside the target and renamed at the end: the folder is complete or absent
         spec.save(str(tmp))
         torch.save({side: c.state() for side, c in codecs.items()}, tmp / CODECS_FILE)
-        (tmp / CONFIG_FILE).write_text(json.dumps({"config": cfg.to_dict(), "quantization": quantization},
-                                                  indent=1), encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps({"config": cfg.to_dict(), "quantization": quantization}, indent=1), encoding="utf-8"
+        )
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)

@@ -1,5 +1,6 @@
 """Learning curves from result/<run>/metrics.jsonl (PNG, headless), and per-epoch reporting during
 training: curves.png refreshed after every epoch, optional TensorBoard scalars."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,9 +62,12 @@ def curves_figure(runs: list[tuple[str, list[dict]]], size=CURVES_SIZE, dpi: int
         ax_bleu.plot(*_series(recs, "val_bleu"), "-o", color=color, ms=3, label=label)
         ax_lr.plot(*_series(recs, "lr"), "-o", color=color, ms=3, label=label)
         ax_ppl.plot(*_series(recs, "val_ppl"), "-o", color=color, ms=3, label=label)
-    titles = [(ax_loss, "loss (label-smoothed train, plain validation)", "cross-entropy / token"),
-              (ax_bleu, "validation BLEU", "BLEU"), (ax_lr, "learning rate (at the end of the epoch)", "lr"),
-              (ax_ppl, "validation perplexity", "perplexity")]
+    titles = [
+        (ax_loss, "loss (label-smoothed train, plain validation)", "cross-entropy / token"),
+        (ax_bleu, "validation BLEU", "BLEU"),
+        (ax_lr, "learning rate (at the end of the epoch)", "lr"),
+        (ax_ppl, "validation perplexity", "perplexity"),
+    ]
     for ax, title, ylabel in titles:
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -77,8 +81,15 @@ def curves_figure(runs: list[tuple[str, list[dict]]], size=CURVES_SIZE, dpi: int
     if any(_series(r, "lr")[1] for _, r in runs):
         ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if not any(_series(r, "val_bleu")[1] for _, r in runs):
-        ax_bleu.text(0.5, 0.5, "no validation BLEU\n(train.val_bleu: false)", ha="center", va="center",
-                     transform=ax_bleu.transAxes, color="gray")
+        ax_bleu.text(
+            0.5,
+            0.5,
+            "no validation BLEU\n(train.val_bleu: false)",
+            ha="center",
+            va="center",
+            transform=ax_bleu.transAxes,
+            color="gray",
+        )
     fig.suptitle(" vs ".join(label for label, _ in runs) if many else runs[0][0])
     fig.tight_layout()
     return fig
@@ -120,9 +131,15 @@ class EpochReport:
     A missing tensorboard package is an error at construction (before training starts); a failure
     while drawing or logging only warns, once, and training goes on."""
 
-    TAGS = {"train_loss": "loss/train", "val_loss": "loss/validation", "val_ppl": "perplexity/validation",
-            "val_bleu": "bleu/validation", "lr": "learning_rate", "tgt_tokens_per_s": "speed/tgt_tokens_per_s",
-            "seconds": "time/train_seconds"}
+    TAGS = {
+        "train_loss": "loss/train",
+        "val_loss": "loss/validation",
+        "val_ppl": "perplexity/validation",
+        "val_bleu": "bleu/validation",
+        "lr": "learning_rate",
+        "tgt_tokens_per_s": "speed/tgt_tokens_per_s",
+        "seconds": "time/train_seconds",
+    }
 
     def __init__(self, cfg, log=print, enabled: bool = True):
         self.log = log
@@ -136,8 +153,9 @@ class EpochReport:
         if what not in self.warned:
             self.warned.add(what)
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-            self.log(f"warning: could not {what} ({type(e).__name__}: {first}); training goes on, "
-                     f"this warning is shown once")
+            self.log(
+                f"warning: could not {what} ({type(e).__name__}: {first}); training goes on, this warning is shown once"
+            )
 
     def __call__(self, rec: dict, result_dir: str | Path) -> None:
         """After `rec` was appended to result_dir/metrics.jsonl."""
@@ -160,8 +178,10 @@ def tensorboard_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError("train.tensorboard: true needs the tensorboard package: pip install 'mt-cli[tensorboard]' "
-                         "(or pip install tensorboard), or set train.tensorboard: false") from None
+        raise ValueError(
+            "train.tensorboard: true needs the tensorboard package: pip install 'mt-cli[tensorboard]' "
+            "(or pip install tensorboard), or set train.tensorboard: false"
+        ) from None
     return SummaryWriter
 
 

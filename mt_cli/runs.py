@@ -1,4 +1,5 @@
 """`mt runs`: the training runs under result/, their config differences and their scores, as a table."""
+
 from __future__ import annotations
 
 import json
@@ -52,11 +53,21 @@ def load_run(folder: Path) -> dict:
     bleus = [r["val_bleu"] for r in recs if _finite(r.get("val_bleu"))]
     losses = [r["val_loss"] for r in recs if _finite(r.get("val_loss"))]
     tests = summary.get("test")
-    test = {k: v["bleu"] for k, v in (tests if isinstance(tests, dict) else {}).items()
-            if k.startswith("test") and isinstance(v, dict) and "bleu" in v}
-    return {"run": folder.name, "path": str(folder), "config": flatten(cfg) if isinstance(cfg, dict) else {},
-            "epochs": len(recs), "best_val_bleu": max(bleus) if bleus else None,
-            "best_val_loss": min(losses) if losses else None, "test_bleu": test, "finished": bool(summary)}
+    test = {
+        k: v["bleu"]
+        for k, v in (tests if isinstance(tests, dict) else {}).items()
+        if k.startswith("test") and isinstance(v, dict) and "bleu" in v
+    }
+    return {
+        "run": folder.name,
+        "path": str(folder),
+        "config": flatten(cfg) if isinstance(cfg, dict) else {},
+        "epochs": len(recs),
+        "best_val_bleu": max(bleus) if bleus else None,
+        "best_val_loss": min(losses) if losses else None,
+        "test_bleu": test,
+        "finished": bool(summary),
+    }
 
 
 def _finite(x) -> bool:
@@ -99,10 +110,12 @@ def format_runs(report: dict) -> str:
     rows = []
     for r in runs:
         cfg = r["config"]
-        rows.append([r["run"]] + [_fmt(cfg[k]) if cfg.get(k) is not None else "null" if k in cfg else MISSING
-                                  for k in diff]
-                    + [str(r["epochs"]), _fmt(r["best_val_bleu"]), _fmt(r["best_val_loss"])]
-                    + [_fmt(r["test_bleu"].get(t)) for t in tests])
+        rows.append(
+            [r["run"]]
+            + [_fmt(cfg[k]) if cfg.get(k) is not None else "null" if k in cfg else MISSING for k in diff]
+            + [str(r["epochs"]), _fmt(r["best_val_bleu"]), _fmt(r["best_val_loss"])]
+            + [_fmt(r["test_bleu"].get(t)) for t in tests]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     numeric = set(range(len(diff) + 1, len(header)))
 

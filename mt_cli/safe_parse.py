@@ -1,5 +1,6 @@
 """Bounded parsing of user files (YAML configs, JSON reports): size, nesting depth and node count are
 capped before anything big is built, so a hostile file is refused in one line, fast and in little memory."""
+
 from __future__ import annotations
 
 import json

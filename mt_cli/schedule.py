@@ -1,5 +1,6 @@
 """Learning-rate schedules: ReduceLROnPlateau on validation loss (after warm-up epochs),
 warm-up + inverse square root per step, or constant."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,9 @@ class LRSchedule:
         self.opt, self.cfg = optimizer, cfg
         self.plateau = None
         if cfg.scheduler == "plateau":
-            self.plateau = ReduceLROnPlateau(optimizer, mode="min", factor=cfg.plateau_factor,
-                                             patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+            self.plateau = ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+            )
         if cfg.scheduler == "inverse_sqrt":
             self._set(self._inv_sqrt(1))
 

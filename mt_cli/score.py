@@ -1,5 +1,6 @@
 """`mt score`: the model's log-probability of given translations (forced decoding), for filtering and reranking.
 Streamed in chunks like `mt translate`: memory is bounded by the chunk and the longest line."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -21,8 +22,10 @@ def paired_lines(src: Iterator[str], hyp: Iterator[str], src_name: str, hyp_name
     for n, (s, h) in enumerate(zip_longest(src, hyp, fillvalue=missing), 1):
         if s is missing or h is missing:
             short, long = (src_name, hyp_name) if s is missing else (hyp_name, src_name)
-            raise DataError(f"{short} ends at line {n - 1} but {long} goes on; each translation needs its source "
-                            f"line (the files must have as many lines)")
+            raise DataError(
+                f"{short} ends at line {n - 1} but {long} goes on; each translation needs its source "
+                f"line (the files must have as many lines)"
+            )
         yield s, h
 
 
@@ -34,8 +37,9 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_ids(model, src_ids: list[list[int]], hyp_ids: list[list[int]], device, alpha: float,
-              budget: int = LOGIT_BUDGET) -> list[tuple[float, float]]:
+def score_ids(
+    model, src_ids: list[list[int]], hyp_ids: list[list[int]], device, alpha: float, budget: int = LOGIT_BUDGET
+) -> list[tuple[float, float]]:
     """(log P / GNMT length penalty, log P) of each hypothesis + <eos> given its source + <eos>. The
     normalised score is what beam search ranks by, so n-best lists can be rescored on the same scale."""
     vocab = model.generator.out_features
@@ -45,7 +49,7 @@ def score_ids(model, src_ids: list[list[int]], hyp_ids: list[list[int]], device,
     while start < len(order):
         width = len(hyp_ids[order[start]]) + 1  # the longest target of this batch (sorted longest first)
         rows = max(1, budget // (width * vocab))
-        idx = order[start: start + rows]
+        idx = order[start : start + rows]
         start += len(idx)
         src = _pad([src_ids[i] + [EOS] for i in idx]).to(device)
         tgt_in = _pad([[BOS] + hyp_ids[i] for i in idx]).to(device)
@@ -57,8 +61,9 @@ def score_ids(model, src_ids: list[list[int]], hyp_ids: list[list[int]], device,
     return out
 
 
-def score_stream(model, codecs: dict, chunks: Iterator[list[tuple[str, str]]], write: Callable[[str], None],
-                 device, alpha: float) -> int:
+def score_stream(
+    model, codecs: dict, chunks: Iterator[list[tuple[str, str]]], write: Callable[[str], None], device, alpha: float
+) -> int:
     """Score chunk after chunk of (source, translation) pairs, writing "normalised<TAB>raw" lines in order."""
     done = 0
     was_training = model.training

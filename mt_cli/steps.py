@@ -2,6 +2,7 @@
 
 The step never synchronizes with the host: loss and token counts accumulate in device tensors,
 and a non-finite loss or gradient skips the update on the device (fused Adam's `found_inf`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,7 @@ class StepTotals(NamedTuple):
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if device.type != "cuda":
         if precision in ("bf16", "fp16"):
-            warnings.warn(f"precision {precision} requested on {device}; using fp32")
+            warnings.warn(f"precision {precision} requested on {device}; using fp32", stacklevel=2)
         return torch.float32
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -52,8 +53,13 @@ def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
 def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
     """Summed token cross-entropy over non-pad targets, and their count (both device tensors)."""
     logits = model(src, tgt_in)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=PAD,
-                           label_smoothing=label_smoothing, reduction="sum")
+    loss = F.cross_entropy(
+        logits.flatten(0, 1).float(),
+        tgt_out.flatten(),
+        ignore_index=PAD,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
     return loss, (tgt_out != PAD).sum()
 
 
@@ -61,15 +67,34 @@ def build_optimizer(params, tcfg, device: torch.device) -> torch.optim.Adam:
     """Adam as the steps need it: fused and capturable on a GPU, with a tensor lr that CUDA graphs can read."""
     fused = device.type == "cuda"
     lr = torch.tensor(tcfg.lr, device=device) if fused else tcfg.lr
-    return torch.optim.Adam(params, lr=lr, betas=tcfg.betas, eps=tcfg.eps, weight_decay=tcfg.weight_decay,
-                            fused=fused or None, capturable=fused)
+    return torch.optim.Adam(
+        params,
+        lr=lr,
+        betas=tcfg.betas,
+        eps=tcfg.eps,
+        weight_decay=tcfg.weight_decay,
+        fused=fused or None,
+        capturable=fused,
+    )
 
 
 class Stepper:
     """Runs training steps: forward, backward, clip, finite check, Adam, accumulate."""
 
-    def __init__(self, model, optimizer, params, *, device, amp_dtype, clip: float, label_smoothing: float,
-                 use_graphs: bool, scaler=None, log=print):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        params,
+        *,
+        device,
+        amp_dtype,
+        clip: float,
+        label_smoothing: float,
+        use_graphs: bool,
+        scaler=None,
+        log=print,
+    ):
         self.model, self.opt, self.params = model, optimizer, params
         self.device, self.amp_dtype, self.clip, self.label_smoothing = device, amp_dtype, clip, label_smoothing
         self.scaler = scaler
@@ -186,9 +211,11 @@ class Stepper:
                 self.found_inf.copy_((~finite).float())
                 self.opt.step()
                 self._accumulate(total, ntok, finite)
-        except Exception as e:  # never lose a run to a capture problem: fall back to eager steps
-            self.log(f"warning: CUDA graph capture failed for batch shape {tuple(b.src.shape)} "
-                     f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); using eager steps")
+        except Exception as e:  # noqa: BLE001 - never lose a run to a capture problem: fall back to eager steps
+            self.log(
+                f"warning: CUDA graph capture failed for batch shape {tuple(b.src.shape)} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); using eager steps"
+            )
             self.use_graphs = False
             torch.cuda.synchronize()
             self.opt.zero_grad(set_to_none=False)
@@ -210,11 +237,14 @@ class Stepper:
         self.opt.zero_grad(set_to_none=False)
         torch.cuda.empty_cache()
         self.ooms = getattr(self, "ooms", 0) + 1
-        self.log(f"warning: CUDA out of memory on a batch of shape {tuple(b.src.shape)}/{tuple(b.tgt_in.shape)}; "
-                 f"skipped ({self.ooms} in a row)")
+        self.log(
+            f"warning: CUDA out of memory on a batch of shape {tuple(b.src.shape)}/{tuple(b.tgt_in.shape)}; "
+            f"skipped ({self.ooms} in a row)"
+        )
         if self.ooms >= limit:
-            raise RuntimeError(f"CUDA out of memory {self.ooms} times in a row; lower train.max_tokens "
-                               f"(or train.batch_sentences)")
+            raise RuntimeError(
+                f"CUDA out of memory {self.ooms} times in a row; lower train.max_tokens (or train.batch_sentences)"
+            )
 
     def totals(self) -> StepTotals:
         """The accumulators, read without resetting them (a host sync)."""

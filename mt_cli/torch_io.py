@@ -1,5 +1,6 @@
 """Every torch file of mt_cli goes through here: saved atomically, with a full disk said as such, and loaded
 with weights_only=True, each way a file can be unusable (missing, truncated, foreign, unsafe) being one line."""
+
 from __future__ import annotations
 
 import pickle
@@ -48,15 +49,24 @@ def _refusal(path: Path, e: pickle.UnpicklingError, what: str) -> str:
     """torch's refusal, without its advice to turn weights_only off: what the file asked for, in one line."""
     unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))
     if unsafe:
-        return (f"{path}: refused to load: it asks to import {unsafe.group(1)}, which could run code; mt_cli only "
-                f"loads tensors and plain data (weights_only). Do not use {what}s from untrusted sources")
+        return (
+            f"{path}: refused to load: it asks to import {unsafe.group(1)}, which could run code; mt_cli only "
+            f"loads tensors and plain data (weights_only). Do not use {what}s from untrusted sources"
+        )
     op = re.search(r"(Unsupported operand \d+|Unsupported class [\w.]+)", str(e))
-    return (f"{path}: refused to load: not an mt_cli {what} (data other than tensors and plain values"
-            f"{': ' + op.group(1) if op else ''})")
+    return (
+        f"{path}: refused to load: not an mt_cli {what} (data other than tensors and plain values"
+        f"{': ' + op.group(1) if op else ''})"
+    )
 
 
-def safe_load(path: str | Path, what: str = "checkpoint", error: type[ValueError] = TorchFileError,
-              fix: str | None = None, mmap: bool = False):
+def safe_load(
+    path: str | Path,
+    what: str = "checkpoint",
+    error: type[ValueError] = TorchFileError,
+    fix: str | None = None,
+    mmap: bool = False,
+):
     """torch.load(weights_only=True) on the CPU: tensors and plain data, never code. Failures raise `error`
     (a ValueError: exit 2) in one line naming `path`; `what` names the kind of file, `fix` what to do."""
     path = Path(path)
@@ -68,8 +78,10 @@ def safe_load(path: str | Path, what: str = "checkpoint", error: type[ValueError
         raise error(_refusal(path, e, what) + tail) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, EOFError) or re.search(r"central directory|truncat|EOF", str(e)):
-            raise error(f"{path}: damaged: the file is truncated (a crash while copying or writing it?); "
-                        f"{fix or 'use another copy'}") from None
+            raise error(
+                f"{path}: damaged: the file is truncated (a crash while copying or writing it?); "
+                f"{fix or 'use another copy'}"
+            ) from None
         first = re.split(r"(?<=\.) ", _first_line(e, type(e).__name__))[0]
         raise error(f"{path}: damaged or not a {what} ({first}){tail}") from None
     except OSError as e:

@@ -1,5 +1,6 @@
 """`mt translate`: raw text in, translations out, streamed chunk by chunk (length-sorted batches within a
 chunk), each chunk written in input order as soon as it is done; line count, order and empty lines kept."""
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,13 @@ def open_input(path: str) -> tuple[BinaryIO, str]:
         raise DataError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def read_chunks(stream: BinaryIO, where: str, chunk_lines: int = DEFAULT_CHUNK_LINES,
-                max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, chunk_bytes: int = CHUNK_BYTES) -> Iterator[list[str]]:
+def read_chunks(
+    stream: BinaryIO,
+    where: str,
+    chunk_lines: int = DEFAULT_CHUNK_LINES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[list[str]]:
     """Lines of a UTF-8 stream in chunks of at most `chunk_lines` lines (or about `chunk_bytes` of text)."""
     return chunked(read_bounded_lines(stream, where, max_line_bytes), chunk_lines, chunk_bytes, _line_size)
 
@@ -88,8 +94,9 @@ def _decode_line(raw: bytes, where: str, number: int, max_line_bytes: int) -> st
     body = raw[:-1] if raw.endswith(b"\n") else raw
     body = body[:-1] if body.endswith(b"\r") else body
     if len(body) > max_line_bytes:
-        raise DataError(f"{where}:{number}: line longer than {max_line_bytes:,} bytes; split it, or raise "
-                        f"--max-line-bytes")
+        raise DataError(
+            f"{where}:{number}: line longer than {max_line_bytes:,} bytes; split it, or raise --max-line-bytes"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -97,10 +104,22 @@ def _decode_line(raw: bytes, where: str, number: int, max_line_bytes: int) -> st
     return text.removeprefix("\ufeff") if number == 1 else text  # a byte-order mark is not text
 
 
-def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, beam_size: int | None = None,
-                    nbest: int = 1, amp_dtype=None, show_progress: bool = False, warn=print,
-                    ids_out: list | None = None, first_line: int = 1, progress: Callable | None = None,
-                    sampler=None) -> list[list[str]]:
+def translate_lines(
+    model,
+    cfg: Config,
+    codecs: dict,
+    lines: list[str],
+    device,
+    beam_size: int | None = None,
+    nbest: int = 1,
+    amp_dtype=None,
+    show_progress: bool = False,
+    warn=print,
+    ids_out: list | None = None,
+    first_line: int = 1,
+    progress: Callable | None = None,
+    sampler=None,
+) -> list[list[str]]:
     """Translate each line; an empty line gives an empty translation. Returns n-best lists of text.
     With `ids_out`, (line index, source ids, best hypothesis ids) of each non-empty line are appended to it.
     `first_line` numbers the lines in messages (a chunk's place in its file); `progress(n)` counts lines done."""
@@ -108,20 +127,29 @@ def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, 
     src_ids = codecs["src"].encode([lines[i] for i in keep])
     long = [keep[j] + first_line for j, ids in enumerate(src_ids) if len(ids) > cfg.data.max_len]
     if long:
-        warn(f"warning: {len(long)} input line(s) longer than the training max_len={cfg.data.max_len} tokens "
-             f"(first: line {long[0]}); translated in full, quality may suffer")
+        warn(
+            f"warning: {len(long)} input line(s) longer than the training max_len={cfg.data.max_len} tokens "
+            f"(first: line {long[0]}); translated in full, quality may suffer"
+        )
     limit = model.max_positions
     too_long = [keep[j] + first_line for j, ids in enumerate(src_ids) if limit is not None and len(ids) + 1 > limit]
     if too_long:
-        raise ValueError(f"input line {too_long[0]} is longer than the model's {limit} learned positions "
-                         f"({len(too_long)} such line(s)); split it")
+        raise ValueError(
+            f"input line {too_long[0]} is longer than the model's {limit} learned positions "
+            f"({len(too_long)} such line(s)); split it"
+        )
     sources = [torch.tensor(ids + [EOS], dtype=torch.long) for ids in src_ids]
     dec = replace(cfg.decode, nbest=nbest) if nbest > 1 else cfg.decode
     bar = tqdm(total=len(sources), unit="sent", disable=not show_progress, leave=False)
     step = progress or bar.update
     try:
-        results = translate_ids(model, sources, dec, device, beam_size=beam_size, amp_dtype=amp_dtype,
-                                progress=step, sampler=sampler) if sources else []
+        results = (
+            translate_ids(
+                model, sources, dec, device, beam_size=beam_size, amp_dtype=amp_dtype, progress=step, sampler=sampler
+            )
+            if sources
+            else []
+        )
     finally:
         bar.close()
     if progress is not None:
@@ -135,9 +163,21 @@ def translate_lines(model, cfg: Config, codecs: dict, lines: list[str], device, 
     return out
 
 
-def translate_stream(model, cfg: Config, codecs: dict, chunks: Iterator[list[str]], write: Callable[[str], None],
-                     device, beam_size: int | None = None, nbest: int = 1, amp_dtype=None, show_progress=False,
-                     warn=print, on_chunk: Callable | None = None, sampler=None) -> int:
+def translate_stream(
+    model,
+    cfg: Config,
+    codecs: dict,
+    chunks: Iterator[list[str]],
+    write: Callable[[str], None],
+    device,
+    beam_size: int | None = None,
+    nbest: int = 1,
+    amp_dtype=None,
+    show_progress=False,
+    warn=print,
+    on_chunk: Callable | None = None,
+    sampler=None,
+) -> int:
     """Translate chunk after chunk, calling `write(text)` with each chunk's lines (n-best tab-separated) in
     input order as soon as the chunk is done. `on_chunk(items)` gets the chunk's (line number, source ids,
     best ids) of non-empty lines (attention maps). Returns the number of lines."""
@@ -152,8 +192,21 @@ def translate_stream(model, cfg: Config, codecs: dict, chunks: Iterator[list[str
     with tqdm(unit=" lines", disable=not show_progress, leave=False, file=sys.stderr) as bar:
         for chunk in chunks:
             ids: list | None = [] if on_chunk is not None else None
-            hyps = translate_lines(model, cfg, codecs, chunk, device, beam_size, nbest, amp_dtype, warn=warn_once,
-                                   ids_out=ids, first_line=done + 1, progress=bar.update, sampler=sampler)
+            hyps = translate_lines(
+                model,
+                cfg,
+                codecs,
+                chunk,
+                device,
+                beam_size,
+                nbest,
+                amp_dtype,
+                warn=warn_once,
+                ids_out=ids,
+                first_line=done + 1,
+                progress=bar.update,
+                sampler=sampler,
+            )
             write("".join("\t".join(h) + "\n" for h in hyps))
             if on_chunk is not None:
                 on_chunk([(done + i + 1, s, h) for i, s, h in ids])
@@ -184,6 +237,7 @@ def output_writer(output: str):
     """A `write(text)` that puts text out at once: stdout (flushed per call, so a reader sees each chunk
     as it is done), or a named file that is complete or absent (a temporary file renamed at the end)."""
     if output == "-":
+
         def to_stdout(text: str) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -193,6 +247,7 @@ def output_writer(output: str):
     from mt_cli.atomic import atomic_path
 
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+
         def to_file(text: str) -> None:
             f.write(text)
             f.flush()

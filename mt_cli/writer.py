@@ -3,6 +3,7 @@
 Why: writing last.pt (weights + Adam state, ~300 MB for the default model, fsynced), best.pt and the epoch
 snapshot held the training loop for ~1 s per epoch (benchmarks/checkpoint_overhead.py); the loop now only
 copies the state into memory (`snapshot`). Each write stays atomic (temp file + fsync + rename)."""
+
 from __future__ import annotations
 
 import queue

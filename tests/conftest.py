@@ -1,4 +1,5 @@
 """Shared fixtures: the real Multi30k files, one prepared corpus per session, small models."""
+
 from __future__ import annotations
 
 import builtins
@@ -112,9 +113,14 @@ def full_disk(tmp_path, monkeypatch):
     tmpfs where mount is allowed (root), else every temp-file write of mt_cli.atomic there goes to /dev/full."""
     folder = tmp_path / "small"
     folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
-                             capture_output=True).returncode == 0 if shutil.which("mount") else False
+    mounted = (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode
+        == 0
+        if shutil.which("mount")
+        else False
+    )
     if mounted:
+
         def fill(leave: int = 128 << 10):
             with open(folder / "filler", "wb", buffering=0) as f:
                 try:
@@ -125,6 +131,7 @@ def full_disk(tmp_path, monkeypatch):
             # `leave` free: torch.save's first writes succeed and a later one fails, the case where its zip
             # writer loses the ENOSPC (writing into a completely full disk fails at once, and clearly)
             os.truncate(folder / "filler", max(0, os.path.getsize(folder / "filler") - leave))
+
         yield SimpleNamespace(folder=folder, fill=fill, mounted=True)
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
         return
@@ -137,5 +144,7 @@ def full_disk(tmp_path, monkeypatch):
         def to_dev_full(path, mode="r", *args, **kwargs):  # temp files in the folder: the atomic writes there
             full = "w" in mode and str(path).endswith(atomic.TEMP_SUFFIX) and str(path).startswith(str(folder))
             return real("/dev/full" if full else path, mode, *args, **kwargs)
+
         monkeypatch.setattr(atomic, "open", to_dev_full, raising=False)
+
     yield SimpleNamespace(folder=folder, fill=fill, mounted=False)

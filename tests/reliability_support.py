@@ -1,5 +1,6 @@
 """Helpers for the reliability tests (test_train, test_checkpoint, test_atomic, test_distributed):
 a small prepared corpus sliced from the real Multi30k files, and `mt` runs in subprocesses."""
+
 from __future__ import annotations
 
 import gzip
@@ -40,13 +41,16 @@ def make_corpus(folder: Path, n_train: int = 240, n_eval: int = 40) -> Path:
         de, en = lines(f"{src}.de.gz")[:n], lines(f"{src}.en.gz")[:n]
         (folder / f"{split}.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de, en)), encoding="utf-8")
     cfg_path = folder / "rel.yaml"
-    cfg_path.write_text(f"""name: {RUN}
-data: {{corpus: files, root: {folder / 'data'}, train: {folder / 'train.tsv'}, valid: {folder / 'valid.tsv'},
-        test: [{folder / 'test.tsv'}], min_freq: 1}}
+    cfg_path.write_text(
+        f"""name: {RUN}
+data: {{corpus: files, root: {folder / "data"}, train: {folder / "train.tsv"}, valid: {folder / "valid.tsv"},
+        test: [{folder / "test.tsv"}], min_freq: 1}}
 model: {{d_model: 32, n_heads: 2, enc_layers: 1, dec_layers: 1, d_ff: 64, dropout: 0.1}}
 train: {{epochs: 2, max_tokens: 256, lr: 1.0e-3, scheduler: constant, val_bleu: true, save_every: 0}}
 decode: {{beam_size: 2, batch_size: 256}}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     prepare_corpus(load_config(cfg_path).data, log=lambda *_: None)
     return cfg_path
 
@@ -70,8 +74,9 @@ def mt(*args, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
 def popen(cmd: list[str], cwd: Path, group: bool = False) -> subprocess.Popen:
     """Start `cmd`; with group=True in its own process group (torchrun and its workers), which
     `signal_run` then signals as a whole, like a terminal's Ctrl-C or a cluster scheduler does."""
-    return subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=group)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group
+    )
 
 
 def signal_run(p: subprocess.Popen, sig: int) -> None:
@@ -82,8 +87,16 @@ def signal_run(p: subprocess.Popen, sig: int) -> None:
 
 
 def torchrun_cmd(nproc: int, *args) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "mt_cli", *map(str, args)]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "mt_cli",
+        *map(str, args),
+    ]
 
 
 def pause_at_checkpoint(p: subprocess.Popen, last: Path, want, timeout: float = 240) -> dict:
@@ -121,6 +134,7 @@ def mid_epoch(min_epoch: int = 1):
     def want(ck):
         prog = ck["train_state"]["progress"]
         return prog["position"] > 0 and prog["epoch"] >= min_epoch
+
     return want
 
 
@@ -162,16 +176,19 @@ def assert_same_run(ref: Path, other: Path) -> None:
     tb = load_checkpoint(other / "saved" / RUN / "last.pt")["train_state"]
     assert_same_state(ta["optimizer"], tb["optimizer"], "optimizer")
     assert_same_state(ta["ranks"], tb["ranks"], "rng+accumulators")
-    assert {k: v for k, v in ta["progress"].items() if k != "elapsed"} == \
-        {k: v for k, v in tb["progress"].items() if k != "elapsed"}
+    assert {k: v for k, v in ta["progress"].items() if k != "elapsed"} == {
+        k: v for k, v in tb["progress"].items() if k != "elapsed"
+    }
     assert without_timing(metrics(ref / "result" / RUN)) == without_timing(metrics(other / "result" / RUN))
     sa = json.loads((ref / "result" / RUN / "summary.json").read_text())
     sb = json.loads((other / "result" / RUN / "summary.json").read_text())
     for key in ("best_epoch", "best_val_loss", "skipped_updates"):
         assert sa[key] == sb[key], key
     for split in ("valid", "test"):
-        assert (sa["test"][split]["bleu"], sa["test"][split]["chrf"]) == \
-            (sb["test"][split]["bleu"], sb["test"][split]["chrf"]), split
+        assert (sa["test"][split]["bleu"], sa["test"][split]["chrf"]) == (
+            sb["test"][split]["bleu"],
+            sb["test"][split]["chrf"],
+        ), split
         hyp = f"{split}.beam{sa['test'][split]['beam_size']}.hyp"
         assert (ref / "result" / RUN / hyp).read_text() == (other / "result" / RUN / hyp).read_text(), hyp
 

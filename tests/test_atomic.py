@@ -1,5 +1,6 @@
 """Crash-safe writes: a temp file in the same folder, fsynced, then renamed. A crash in the middle of a
 write leaves the old file intact; a full disk or an unwritable folder is said clearly."""
+
 from __future__ import annotations
 
 import errno
@@ -16,8 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reliability_support as S  # noqa: E402
 
 import mt_cli.checkpoint as C  # noqa: E402
-from mt_cli.atomic import (OutputError, atomic_path, check_writable, explain,  # noqa: E402
-                           no_new_folders_on_failure, remove_stale_temps, write_json, write_text)
+from mt_cli.atomic import (
+    OutputError,
+    atomic_path,
+    check_writable,
+    explain,  # noqa: E402
+    no_new_folders_on_failure,
+    remove_stale_temps,
+    write_json,
+    write_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,18 +99,27 @@ def test_a_failed_command_removes_the_empty_folders_it_made_and_nothing_else(tmp
             other.parent.mkdir()
             other.write_text("keep me")
             raise RuntimeError("boom")
-    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == \
-        ["result", "result/other-run", "result/other-run/log.txt"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "result",
+        "result/other-run",
+        "result/other-run/log.txt",
+    ]
     with no_new_folders_on_failure(tmp_path / "kept"):  # no failure: everything stays
         (tmp_path / "kept").mkdir()
     assert (tmp_path / "kept").is_dir()
 
 
-@pytest.mark.parametrize("code, words", [
-    (errno.ENOSPC, "the disk is full"), (errno.EDQUOT, "the disk is full (or the quota is used up)"),
-    (errno.EROFS, "the file system is read-only"), (errno.EACCES, "the folder is not writable"),
-    (errno.EPERM, "the folder is not writable"), (errno.ENOTDIR, "a file is in the way"),
-])
+@pytest.mark.parametrize(
+    "code, words",
+    [
+        (errno.ENOSPC, "the disk is full"),
+        (errno.EDQUOT, "the disk is full (or the quota is used up)"),
+        (errno.EROFS, "the file system is read-only"),
+        (errno.EACCES, "the folder is not writable"),
+        (errno.EPERM, "the folder is not writable"),
+        (errno.ENOTDIR, "a file is in the way"),
+    ],
+)
 def test_os_errors_are_explained_in_words(tmp_path, code, words):
     e = explain(tmp_path / "nope" / "x.pt", OSError(code, os.strerror(code)))
     assert isinstance(e, OutputError) and e.errno == code
@@ -145,8 +163,10 @@ def test_a_read_only_folder_is_reported_before_anything_is_written(readonly_dir)
 def test_the_cli_says_in_one_line_when_outputs_cannot_be_written(readonly_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    for flag, where, words in (("--saved", readonly_dir / "saved", "not writable"),
-                               ("--result", blocker / "result", "a file is in the way")):
+    for flag, where, words in (
+        ("--saved", readonly_dir / "saved", "not writable"),
+        ("--result", blocker / "result", "a file is in the way"),
+    ):
         r = S.mt("train", "--config", REPO / "configs" / "tiny.yaml", flag, where, cwd=tmp_path)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 1 and len(lines) == 1, r.stderr

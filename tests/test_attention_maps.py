@@ -1,29 +1,51 @@
 """Cross-attention maps: the plotted matrices (rows sum to 1), PNG sizes, token labels, `mt translate
 --attention` and `mt evaluate --attention --limit`, and decoding that computes no weights unless asked."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main, write_tsv
 from matplotlib.image import imread
 
 import mt_cli.model.attention as attention_mod
-from mt_cli.attention_maps import (DPI, attention_panels, cross_attention, figure_size, parse_heads, parse_layer,
-                                   token_labels, write_attention_maps)
+from mt_cli.attention_maps import (
+    DPI,
+    attention_panels,
+    cross_attention,
+    figure_size,
+    parse_heads,
+    parse_layer,
+    token_labels,
+    write_attention_maps,
+)
 from mt_cli.config import ModelConfig, config_from_dict
 from mt_cli.data.vocab import PAD
 from mt_cli.model import build_model
 from mt_cli.model.attention import SCORINGS, MultiHeadAttention
 
-from conftest import run_main, write_tsv
 
-
-def tiny_model(scoring: str = "scaled_dot", layers: int = 2, heads: int = 4, src_vocab: int = 40, tgt_vocab: int = 50,
-               positional: str = "sinusoidal"):
+def tiny_model(
+    scoring: str = "scaled_dot",
+    layers: int = 2,
+    heads: int = 4,
+    src_vocab: int = 40,
+    tgt_vocab: int = 50,
+    positional: str = "sinusoidal",
+):
     torch.manual_seed(0)
-    cfg = ModelConfig(d_model=32, n_heads=heads, enc_layers=layers, dec_layers=layers, d_ff=64, dropout=0.0,
-                      attention=scoring, positional=positional)
+    cfg = ModelConfig(
+        d_model=32,
+        n_heads=heads,
+        enc_layers=layers,
+        dec_layers=layers,
+        d_ff=64,
+        dropout=0.0,
+        attention=scoring,
+        positional=positional,
+    )
     return build_model(cfg, src_vocab, tgt_vocab, PAD).eval()
 
 
@@ -105,12 +127,21 @@ def checkpoint(tmp_path_factory, real_lines):
     write_tsv(base / "train.tsv", de, en)
     vde, ven = real_lines("val", "de")[:12], real_lines("val", "en")[:12]
     write_tsv(base / "test_small.tsv", vde, ven)
-    cfg = config_from_dict({
-        "name": "attn", "data": {"corpus": "files", "train": str(base / "train.tsv"),
-                                 "valid": str(base / "test_small.tsv"), "test": [str(base / "test_small.tsv")],
-                                 "root": str(base / "data"), "min_freq": 1},
-        "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 2, "d_ff": 64},
-        "decode": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 3}})
+    cfg = config_from_dict(
+        {
+            "name": "attn",
+            "data": {
+                "corpus": "files",
+                "train": str(base / "train.tsv"),
+                "valid": str(base / "test_small.tsv"),
+                "test": [str(base / "test_small.tsv")],
+                "root": str(base / "data"),
+                "min_freq": 1,
+            },
+            "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 2, "d_ff": 64},
+            "decode": {"beam_size": 2, "max_len_a": 1.0, "max_len_b": 3},
+        }
+    )
     prepare_corpus(cfg.data, log=lambda *_: None)
     codecs = load_corpus(cfg, 8)[0]
     torch.manual_seed(0)
@@ -137,8 +168,9 @@ def test_png_size_and_token_labels(checkpoint, tmp_path):
     assert src_tok == [codecs["src"].vocab.itos[i] for i in items[1][1]] + ["<eos>"]
     assert tgt_tok[1] == "<unk>" and tgt_tok[-1] == "<eos>" and len(tgt_tok) == 6
     for layer, heads, rows, cols in (("last", "mean", 1, 1), ("all", "all", 2, 2)):
-        paths = write_attention_maps(model, codecs, items, tmp_path / f"{layer}-{heads}", torch.device("cpu"),
-                                     layer, heads)
+        paths = write_attention_maps(
+            model, codecs, items, tmp_path / f"{layer}-{heads}", torch.device("cpu"), layer, heads
+        )
         for path, (_, s, h) in zip(paths, items):
             w_in, h_in = figure_size(len(s) + 1, len(h) + 1, rows, cols)
             assert imread(path).shape[:2] == (round(h_in * DPI), round(w_in * DPI)), path
@@ -148,19 +180,47 @@ def test_translate_attention(checkpoint, tmp_path, monkeypatch, capsys):
     path, _, _, _, vde = checkpoint
     monkeypatch.chdir(tmp_path)
     Path("in.txt").write_text(f"{vde[0]}\n{vde[1]}\n\n{vde[2]}\n", encoding="utf-8")
-    code, plain, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(path), "-i", "in.txt",
-                                "--device", "cpu")
+    code, plain, err = run_main(
+        monkeypatch, capsys, "translate", "--checkpoint", str(path), "-i", "in.txt", "--device", "cpu"
+    )
     assert code == 0, err
-    code, with_maps, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(path), "-i", "in.txt",
-                                    "--device", "cpu", "--attention", "maps", "--attention-heads", "all")
+    code, with_maps, err = run_main(
+        monkeypatch,
+        capsys,
+        "translate",
+        "--checkpoint",
+        str(path),
+        "-i",
+        "in.txt",
+        "--device",
+        "cpu",
+        "--attention",
+        "maps",
+        "--attention-heads",
+        "all",
+    )
     assert code == 0, err
     assert with_maps == plain  # the translations do not change
     assert sorted(p.name for p in Path("maps").iterdir()) == ["0001.png", "0002.png", "0004.png"]
     assert "wrote 3 attention maps to maps" in err
-    for args, msg in ((["--attention-layer", "3"], "2 decoder layer"),
-                      (["--attention-heads", "x"], "--attention-heads")):
-        code, out, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(path), "-i", "in.txt",
-                                  "--device", "cpu", "--attention", "bad", *args)
+    for args, msg in (
+        (["--attention-layer", "3"], "2 decoder layer"),
+        (["--attention-heads", "x"], "--attention-heads"),
+    ):
+        code, out, err = run_main(
+            monkeypatch,
+            capsys,
+            "translate",
+            "--checkpoint",
+            str(path),
+            "-i",
+            "in.txt",
+            "--device",
+            "cpu",
+            "--attention",
+            "bad",
+            *args,
+        )
         assert code == 2 and err.startswith("error: ") and msg in err and err.count("\n") == 1, err
         assert out == ""  # checked before translating
 
@@ -168,9 +228,25 @@ def test_translate_attention(checkpoint, tmp_path, monkeypatch, capsys):
 def test_evaluate_attention_limit(checkpoint, tmp_path, monkeypatch, capsys):
     path, *_ = checkpoint
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_main(monkeypatch, capsys, "evaluate", "--checkpoint", str(path), "--split", "test_small",
-                              "--device", "cpu", "--out", "eval", "--attention", "maps", "--limit", "2",
-                              "--attention-layer", "1")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(path),
+        "--split",
+        "test_small",
+        "--device",
+        "cpu",
+        "--out",
+        "eval",
+        "--attention",
+        "maps",
+        "--limit",
+        "2",
+        "--attention-layer",
+        "1",
+    )
     assert code == 0, err
     assert "BLEU" in out
     assert sorted(p.name for p in (tmp_path / "maps" / "test_small").iterdir()) == ["0001.png", "0002.png"]

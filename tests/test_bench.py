@@ -1,12 +1,13 @@
 """`mt bench` training figures against what was timed: the token and step counts behind each rate are recomputed
 here from the same batch plan and the split's padded tensors, so a rate over the wrong batches, the wrong time
 or the wrong tokens fails (only the rounding of the report is allowed for)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY, write_tsv
+
 from mt_cli.config import load_config
 from mt_cli.data.batching import Split, batch_plan
 from mt_cli.data.prepare import corpus_dir, prepare_corpus
@@ -21,9 +22,18 @@ def corpus(tmp_path_factory, real_lines):
     d = tmp_path_factory.mktemp("bench")
     write_tsv(d / "train.tsv", real_lines("train", "de")[:300], real_lines("train", "en")[:300])
     write_tsv(d / "valid.tsv", real_lines("val", "de")[:20], real_lines("val", "en")[:20])
-    cfg = load_config(TINY, [f"data.root={d / 'data'}", "data.corpus=files", f"data.train={d / 'train.tsv'}",
-                             f"data.valid={d / 'valid.tsv'}", "data.min_freq=1", "train.max_tokens=1024",
-                             "train.cuda_graphs=false"])
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={d / 'data'}",
+            "data.corpus=files",
+            f"data.train={d / 'train.tsv'}",
+            f"data.valid={d / 'valid.tsv'}",
+            "data.min_freq=1",
+            "train.max_tokens=1024",
+            "train.cuda_graphs=false",
+        ],
+    )
     prepare_corpus(cfg.data, log=lambda *_: None)
     return cfg
 
@@ -31,8 +41,9 @@ def corpus(tmp_path_factory, real_lines):
 def timed_batches(cfg, steps: int) -> list[tuple[torch.Tensor, int]]:
     """The batches bench times: epoch 1's shuffled plan, repeated until there are `steps` of them."""
     split = Split(corpus_dir(cfg.data) / "train.pt", cfg.train.bucket_width)
-    plan = batch_plan(split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True, seed=cfg.train.seed,
-                      epoch=1)
+    plan = batch_plan(
+        split, cfg.train.batch_sentences, cfg.train.max_tokens, shuffle=True, seed=cfg.train.seed, epoch=1
+    )
     assert len(plan) < steps  # the plan wraps around: its first batches are timed twice
     batches = [plan[i % len(plan)] for i in range(steps)]
     return split, plan, batches
@@ -52,7 +63,7 @@ def test_training_rates_are_the_timed_tokens_over_the_timed_seconds(corpus):
     # non-padding tokens of each timed batch, counted in the padded tensors the model is fed; filler rows (index
     # split.n, topping up a short batch) hold one <eos> so that attention has a key, but are no sentence
     n_src = sum(int((split.src[idx[idx < split.n], :L] != PAD).sum()) for idx, L in batches)
-    n_tgt = sum(int((split.tgt[idx, 1: L + 1] != PAD).sum()) for idx, L in batches)
+    n_tgt = sum(int((split.tgt[idx, 1 : L + 1] != PAD).sum()) for idx, L in batches)
     assert n_src > 0 and n_tgt > 0
     assert rep["steps"] == STEPS
     assert rep["shapes"] == len({L for _, L in plan})  # one warm-up batch per padded length

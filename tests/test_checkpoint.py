@@ -1,6 +1,7 @@
 """Safe loading: checkpoints are read with torch.load(weights_only=True); a file that would run code is
 refused before any of it runs, and damaged or foreign files give one clear CheckpointError, also through
 the CLI (exit 2, one line)."""
+
 from __future__ import annotations
 
 import os
@@ -41,19 +42,25 @@ def tiny(tmp_path):
     from mt_cli.training.rng import rng_state
 
     cfg = Config(name="ck", model=ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32))
-    codecs = {side: SideCodec("spacy", lang, True, Vocab(["ein", "hund", "a", "dog"]))
-              for side, lang in (("src", "de"), ("tgt", "en"))}
+    codecs = {
+        side: SideCodec("spacy", lang, True, Vocab(["ein", "hund", "a", "dog"]))
+        for side, lang in (("src", "de"), ("tgt", "en"))
+    }
     torch.manual_seed(0)
     model = build_model(cfg.model, 8, 8, PAD)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model(torch.randint(4, 8, (2, 5)), torch.randint(4, 8, (2, 5))).sum().backward()
     opt.step()
     random.seed(1)
-    ts = {"optimizer": opt.state_dict(), "ranks": [{"rng": rng_state(torch.device("cpu")), "acc": torch.zeros(5)}],
-          "progress": {"epoch": 2, "position": 7, "best": 3.5, "bad_epochs": 1}}
+    ts = {
+        "optimizer": opt.state_dict(),
+        "ranks": [{"rng": rng_state(torch.device("cpu")), "acc": torch.zeros(5)}],
+        "progress": {"epoch": 2, "position": 7, "best": 3.5, "bad_epochs": 1},
+    }
     path = tmp_path / "run" / "last.pt"
-    save_checkpoint(path, model=model, cfg=cfg, codecs=codecs, epoch=2, step=30, metrics={"val_loss": 3.5},
-                    train_state=ts)
+    save_checkpoint(
+        path, model=model, cfg=cfg, codecs=codecs, epoch=2, step=30, metrics={"val_loss": 3.5}, train_state=ts
+    )
     return path, model, ts
 
 
@@ -68,8 +75,10 @@ def test_a_real_checkpoint_round_trips_through_weights_only_loading(tiny):
     # against the vocabulary the fixture built, written out here (not the restored object against itself)
     want = ["<unk>", "<pad>", "<bos>", "<eos>", "ein", "hund", "a", "dog"]
     assert [codecs[side].vocab.itos for side in ("src", "tgt")] == [want, want] and cfg.name == "ck"
-    assert [(codecs[s].lang, codecs[s].lowercase, codecs[s].kind) for s in ("src", "tgt")] == \
-        [("de", True, "spacy"), ("en", True, "spacy")]
+    assert [(codecs[s].lang, codecs[s].lowercase, codecs[s].kind) for s in ("src", "tgt")] == [
+        ("de", True, "spacy"),
+        ("en", True, "spacy"),
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["torch-zip", "raw-pickle"])

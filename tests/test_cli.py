@@ -3,6 +3,7 @@ prepare -> train -> evaluate -> translate, and the one-line errors users see for
 
 The main pipeline runs as real subprocesses. The error cases call mt_cli.cli.main in this process (the same
 function `mt` runs, with sys.argv, cwd and stdin set) because each interpreter start costs seconds here."""
+
 from __future__ import annotations
 
 import io
@@ -16,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from conftest import TINY
 from sacrebleu.metrics import BLEU
 
-from conftest import TINY
 from mt_cli.checkpoint import load_checkpoint, load_for_inference
 from mt_cli.config import load_config
 from mt_cli.data.sources import read_lines
@@ -29,8 +30,15 @@ METRIC_KEYS = {"epoch", "step", "train_loss", "val_loss", "val_ppl", "val_bleu",
 
 def mt(*args, cwd, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MT_MULTI30K_DIR"}  # --source must be what is used
-    return subprocess.run([sys.executable, "-m", "mt_cli", *map(str, args)], cwd=cwd, input=stdin,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mt_cli", *map(str, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -84,8 +92,7 @@ def run(tmp_path_factory, multi30k_dir):
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     prep = ok(mt("prepare", "--config", "tiny.yaml", "--source", multi30k_dir, cwd=tmp))
     tr = ok(mt("train", "--config", "tiny.yaml", "--set", "train.max_steps=20", "--device", "cpu", cwd=tmp))
-    return {"tmp": tmp, "prepare": prep, "train": tr,
-            "cfg": load_config(tmp / "tiny.yaml", ["train.max_steps=20"])}
+    return {"tmp": tmp, "prepare": prep, "train": tr, "cfg": load_config(tmp / "tiny.yaml", ["train.max_steps=20"])}
 
 
 def test_prepare_builds_the_corpus_from_the_source_folder(run):
@@ -107,8 +114,13 @@ def test_train_writes_what_it_claims(run):
     tmp, out = run["tmp"], run["train"].stdout
     assert "run tiny: checkpoints in saved/tiny, logs in result/tiny" in out
     saved, result = tmp / "saved" / "tiny", tmp / "result" / "tiny"
-    for f in (saved / "best.pt", saved / "last.pt", result / "metrics.jsonl", result / "config.yaml",
-              result / "summary.json"):
+    for f in (
+        saved / "best.pt",
+        saved / "last.pt",
+        result / "metrics.jsonl",
+        result / "config.yaml",
+        result / "summary.json",
+    ):
         assert f.is_file() and f.stat().st_size > 0, f
 
     recs = [json.loads(line) for line in (result / "metrics.jsonl").read_text().splitlines()]
@@ -170,8 +182,9 @@ def test_runs_of_one_config_started_at_once_claim_different_folders(run, tmp_pat
 
 def test_evaluate_prints_the_table_and_writes_reports(run):
     tmp = run["tmp"]
-    p = ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2016_flickr", "--device", "cpu",
-              cwd=tmp))
+    p = ok(
+        mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2016_flickr", "--device", "cpu", cwd=tmp)
+    )
     lines = p.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["split", "BLEU", "chrF"])
     row = lines[header + 1].split()
@@ -195,7 +208,7 @@ def test_evaluate_prints_the_table_and_writes_reports(run):
     assert set(json.loads((out / "eval.best.beam1.json").read_text())) == {"test_2016_flickr", "test_2017_mscoco"}
     ok(mt("evaluate", "--checkpoint", "saved/tiny/last.pt", "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp))
     assert list(json.loads((out / "eval.last.beam1.json").read_text())) == ["test_2017_mscoco"]
-    t = (tmp / "saved" / "tiny" / "best.pt").stat().st_mtime_ns + 10 ** 9
+    t = (tmp / "saved" / "tiny" / "best.pt").stat().st_mtime_ns + 10**9
     os.utime(tmp / "saved" / "tiny" / "best.pt", ns=(t, t))  # best.pt rewritten (trained further): old scores go
     ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "valid", "--device", "cpu", cwd=tmp))
     assert list(json.loads((out / "eval.best.beam1.json").read_text())) == ["valid"]
@@ -207,8 +220,20 @@ def test_translate_keeps_line_count_order_and_empty_lines(run, real_lines, cli):
     de = real_lines("test_2016_flickr", "de")
     lines = [de[0], "", de[1], "   ", de[2], de[3], "", de[4]]
     (tmp / "in.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    p = ok(mt("translate", "--checkpoint", "saved/tiny/best.pt", "--input", "in.de", "--output", "out/g.en",
-              "--device", "cpu", cwd=tmp))
+    p = ok(
+        mt(
+            "translate",
+            "--checkpoint",
+            "saved/tiny/best.pt",
+            "--input",
+            "in.de",
+            "--output",
+            "out/g.en",
+            "--device",
+            "cpu",
+            cwd=tmp,
+        )
+    )
     got = (tmp / "out" / "g.en").read_text(encoding="utf-8").split("\n")
     assert got[-1] == "" and len(got) - 1 == len(lines)  # one output line per input line, newline-terminated
     got = got[:-1]
@@ -220,12 +245,16 @@ def test_translate_keeps_line_count_order_and_empty_lines(run, real_lines, cli):
             assert hyp == translate_lines(model, cfg, codecs, [src], torch.device("cpu"))[0][0]
     assert p.stdout == ""
     # stdin to stdout gives the same text
-    q = ok(cli("translate", "--checkpoint", "saved/tiny/best.pt", "--device", "cpu", cwd=tmp,
-                           stdin="\n".join(lines) + "\n"))
+    q = ok(
+        cli(
+            "translate", "--checkpoint", "saved/tiny/best.pt", "--device", "cpu", cwd=tmp, stdin="\n".join(lines) + "\n"
+        )
+    )
     assert q.stdout.split("\n")[:-1] == got
 
 
 # --- bad input: exit code and one line on stderr ------------------------------------------------
+
 
 def test_unknown_config_key_exits_2(tmp_path, cli):
     (tmp_path / "bad.yaml").write_text("model:\n  d_modle: 64\n", encoding="utf-8")
@@ -237,10 +266,16 @@ def test_unknown_config_key_exits_2(tmp_path, cli):
 
 def test_help_and_config_errors_answer_without_importing_torch(tmp_path):
     """Importing torch costs seconds; `mt --help` and a typo in a config should not wait for it."""
-    probe = ("import sys\nfrom mt_cli.cli import main\nsys.argv = ['mt'] + sys.argv[1:]\n"
-             "code = 0\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\nprint('torch' in sys.modules, code)\n")
-    for args in (["--help"], ["train", "--help"], ["train", "--config", "missing.yaml"],
-                 ["bench", "--set", "train.lr=abc"]):
+    probe = (
+        "import sys\nfrom mt_cli.cli import main\nsys.argv = ['mt'] + sys.argv[1:]\n"
+        "code = 0\ntry:\n    main()\nexcept SystemExit as e:\n    code = e.code\nprint('torch' in sys.modules, code)\n"
+    )
+    for args in (
+        ["--help"],
+        ["train", "--help"],
+        ["train", "--config", "missing.yaml"],
+        ["bench", "--set", "train.lr=abc"],
+    ):
         p = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, capture_output=True, text=True)
         assert p.stdout.split()[-2:] == ["False", "0" if "--help" in args else "2"], (args, p.stdout, p.stderr)
 
@@ -283,42 +318,87 @@ def test_unwritable_output_folder_fails_with_one_line(tmp_path, run, cli):
     ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
     (tmp_path / "in.de").write_text("Ein Hund.\n", encoding="utf-8")
     (tmp_path / "afile").write_text("a file where a folder is needed\n")
-    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--input", "in.de", "--output", "afile/out/g.en",
-                              "--device", "cpu", cwd=tmp_path))
+    line = one_line_error(
+        cli(
+            "translate",
+            "--checkpoint",
+            ckpt,
+            "--input",
+            "in.de",
+            "--output",
+            "afile/out/g.en",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+        )
+    )
     assert "afile" in line and line.startswith("error: ")
-    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "afile/ev",
-                              "--data-root", run["tmp"] / "data", "--device", "cpu", cwd=tmp_path))
+    line = one_line_error(
+        cli(
+            "evaluate",
+            "--checkpoint",
+            ckpt,
+            "--split",
+            "test_2017_mscoco",
+            "--out",
+            "afile/ev",
+            "--data-root",
+            run["tmp"] / "data",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+        )
+    )
     assert "afile" in line
 
 
 def test_evaluate_from_another_folder_finds_the_corpus(tmp_path, run, cli):
     """data.root is relative ("data"); the checkpoint also records where that was, so no --data-root is needed."""
     ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
-    p = cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "ev", "--device", "cpu",
-            cwd=tmp_path)
+    p = cli(
+        "evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--out", "ev", "--device", "cpu", cwd=tmp_path
+    )
     assert p.returncode == 0, p.stderr
     assert len(read_lines(tmp_path / "ev" / "test_2017_mscoco.best.beam1.hyp")) == 461
     (tmp_path / "data" / run["cfg"].data.corpus_name).mkdir(parents=True)  # a local data/ wins over the record
-    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--device", "cpu",
-                              cwd=tmp_path), 2)
+    line = one_line_error(
+        cli("evaluate", "--checkpoint", ckpt, "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp_path), 2
+    )
     assert "test_2017_mscoco" in line and "--data-root" in line
 
 
 def test_missing_input_file_and_split(tmp_path, run, cli):
     ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
-    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--input", "missing.de", "--device", "cpu",
-                              cwd=tmp_path), 2)
+    line = one_line_error(
+        cli("translate", "--checkpoint", ckpt, "--input", "missing.de", "--device", "cpu", cwd=tmp_path), 2
+    )
     assert "missing.de" in line
-    line = one_line_error(cli("evaluate", "--checkpoint", ckpt, "--split", "test_2099", "--data-root",
-                              run["tmp"] / "data", "--device", "cpu", cwd=tmp_path), 2)
+    line = one_line_error(
+        cli(
+            "evaluate",
+            "--checkpoint",
+            ckpt,
+            "--split",
+            "test_2099",
+            "--data-root",
+            run["tmp"] / "data",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+        ),
+        2,
+    )
     assert "test_2099" in line and "test_2016_flickr" in line and "codecs" not in line  # names what is available
 
 
 def test_usage_errors_exit_2_and_bare_mt_shows_help(tmp_path, cli):
     p = cli(cwd=tmp_path)
     assert p.returncode == 0 and "[OPTIONS] COMMAND" in p.stdout + p.stderr and "translate" in p.stdout + p.stderr
-    for args, words in ((["exprot"], "No such command 'exprot'"), (["translate"], "Missing option '--checkpoint'"),
-                        (["translate", "--checkpoint", "x", "--beam", "abc"], "Invalid value for '--beam'")):
+    for args, words in (
+        (["exprot"], "No such command 'exprot'"),
+        (["translate"], "Missing option '--checkpoint'"),
+        (["translate", "--checkpoint", "x", "--beam", "abc"], "Invalid value for '--beam'"),
+    ):
         p = cli(*args, cwd=tmp_path)
         assert p.returncode == 2 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
     p = cli("translate", "--help", cwd=tmp_path)
@@ -327,21 +407,25 @@ def test_usage_errors_exit_2_and_bare_mt_shows_help(tmp_path, cli):
 
 def test_option_values_out_of_range_exit_2(tmp_path, run, cli):
     ckpt = run["tmp"] / "saved" / "tiny" / "best.pt"
-    for args, words in ((["translate", "--beam", "0"], "--beam 0: must be in [1, 64]"),
-                        (["translate", "--beam", "-3"], "--beam -3: must be in [1, 64]"),
-                        (["evaluate", "--beam", "65"], "--beam 65: must be in [1, 64]"),
-                        (["translate", "--nbest", "0"], "--nbest 0: must be >= 1"),
-                        (["translate", "--device", "mps"], "--device mps: not a device mt_cli uses")):
+    for args, words in (
+        (["translate", "--beam", "0"], "--beam 0: must be in [1, 64]"),
+        (["translate", "--beam", "-3"], "--beam -3: must be in [1, 64]"),
+        (["evaluate", "--beam", "65"], "--beam 65: must be in [1, 64]"),
+        (["translate", "--nbest", "0"], "--nbest 0: must be >= 1"),
+        (["translate", "--device", "mps"], "--device mps: not a device mt_cli uses"),
+    ):
         line = one_line_error(cli(*args, "--checkpoint", ckpt, cwd=tmp_path, stdin="ein Hund\n"), 2)
         assert words in line, (args, line)
-    line = one_line_error(cli("translate", "--checkpoint", ckpt, "--device", "cpu", cwd=tmp_path,
-                              stdin=b"ein Hund\nein M\xe4nnchen\n"), 2)
+    line = one_line_error(
+        cli("translate", "--checkpoint", ckpt, "--device", "cpu", cwd=tmp_path, stdin=b"ein Hund\nein M\xe4nnchen\n"), 2
+    )
     assert line == "error: stdin:2: invalid UTF-8 at byte 5; convert the text to UTF-8"
     (tmp_path / "adir").mkdir()
     line = one_line_error(cli("translate", "--checkpoint", ckpt, "-i", "adir", "--device", "cpu", cwd=tmp_path), 2)
     assert "adir: is a folder, not a text file" in line
-    line = one_line_error(cli("translate", "--checkpoint", ckpt, "-o", "adir", "--device", "cpu", cwd=tmp_path,
-                              stdin="ein Hund\n"), 2)
+    line = one_line_error(
+        cli("translate", "--checkpoint", ckpt, "-o", "adir", "--device", "cpu", cwd=tmp_path, stdin="ein Hund\n"), 2
+    )
     assert "--output adir: is a folder" in line
     p = cli("translate", "--checkpoint", ckpt, "-i", os.devnull, "--device", "cpu", cwd=tmp_path)  # not a regular file
     assert p.returncode == 0 and p.stdout == "", p.stderr
@@ -369,12 +453,54 @@ def test_a_complete_raw_cache_needs_no_source(run, monkeypatch):
 
 def test_failed_commands_leave_no_empty_folders(tmp_path, cli, multi30k_dir):
     before = set(tmp_path.iterdir())
-    one_line_error(cli("train", "--config", TINY, "--set", "data.root=nodata", "--saved", "s", "--result", "r",
-                       "--device", "cpu", cwd=tmp_path), 2)  # no prepared corpus
-    one_line_error(cli("translate", "--checkpoint", "missing.pt", "-o", "newdir/x.txt", "--device", "cpu",
-                       cwd=tmp_path, stdin="x\n"), 2)
-    one_line_error(cli("translate", "--checkpoint", "missing.pt", "--attention", "maps", "--attention-layer", "x",
-                       "--device", "cpu", cwd=tmp_path, stdin="x\n"), 2)
-    one_line_error(cli("prepare", "--config", TINY, "--set", "data.root=d2", "--source", "/nonexistent",
-                       cwd=tmp_path), 2)
+    one_line_error(
+        cli(
+            "train",
+            "--config",
+            TINY,
+            "--set",
+            "data.root=nodata",
+            "--saved",
+            "s",
+            "--result",
+            "r",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+        ),
+        2,
+    )  # no prepared corpus
+    one_line_error(
+        cli(
+            "translate",
+            "--checkpoint",
+            "missing.pt",
+            "-o",
+            "newdir/x.txt",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+            stdin="x\n",
+        ),
+        2,
+    )
+    one_line_error(
+        cli(
+            "translate",
+            "--checkpoint",
+            "missing.pt",
+            "--attention",
+            "maps",
+            "--attention-layer",
+            "x",
+            "--device",
+            "cpu",
+            cwd=tmp_path,
+            stdin="x\n",
+        ),
+        2,
+    )
+    one_line_error(
+        cli("prepare", "--config", TINY, "--set", "data.root=d2", "--source", "/nonexistent", cwd=tmp_path), 2
+    )
     assert set(tmp_path.iterdir()) == before

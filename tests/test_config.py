@@ -1,9 +1,10 @@
 """Config loading: every mistake is a ConfigError naming the key (and the file); overrides are typed."""
+
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
+
 from mt_cli.config import Config, ConfigError, config_from_dict, load_config
 
 
@@ -34,8 +35,11 @@ def test_shipped_configs_exist():
 
 
 def test_values_reach_the_dataclasses(tmp_path):
-    p = write(tmp_path, "model:\n  d_model: 64\n  n_heads: 4\ntrain:\n  lr: 0.002\n  betas: [0.8, 0.9]\n"
-                        "  max_tokens: null\n  batch_sentences: 16\ndata:\n  max_size: null\n")
+    p = write(
+        tmp_path,
+        "model:\n  d_model: 64\n  n_heads: 4\ntrain:\n  lr: 0.002\n  betas: [0.8, 0.9]\n"
+        "  max_tokens: null\n  batch_sentences: 16\ndata:\n  max_size: null\n",
+    )
     cfg = load_config(p)
     assert (cfg.model.d_model, cfg.model.n_heads) == (64, 4)
     assert cfg.train.lr == 0.002 and cfg.train.betas == (0.8, 0.9)  # list -> tuple
@@ -48,58 +52,67 @@ def test_integer_where_a_float_is_expected_becomes_float(tmp_path):
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
 
 
-@pytest.mark.parametrize("text,key", [
-    ("foo: 1\n", "foo"),
-    ("model:\n  d_modle: 64\n", "model.d_modle"),
-    ("train:\n  learning_rate: 0.1\n", "train.learning_rate"),
-    ("decode:\n  beam: 4\n", "decode.beam"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("foo: 1\n", "foo"),
+        ("model:\n  d_modle: 64\n", "model.d_modle"),
+        ("train:\n  learning_rate: 0.1\n", "train.learning_rate"),
+        ("decode:\n  beam: 4\n", "decode.beam"),
+    ],
+)
 def test_unknown_key(tmp_path, text, key):
     p, msg = config_error(tmp_path, text)
     assert str(p) in msg and f"{key}: unknown key" in msg
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("text,key", [
-    ("model:\n  d_model: big\n", "model.d_model"),
-    ("model:\n  d_model: 64.5\n", "model.d_model"),
-    ("model:\n  d_model: true\n", "model.d_model"),      # a bool is not an int
-    ("train:\n  lr: fast\n", "train.lr"),
-    ("data:\n  lowercase: 1\n", "data.lowercase"),
-    ("data:\n  tokenizer: moses\n", "data.tokenizer"),    # not one of the Literal choices
-    ("train:\n  betas: [0.9]\n", "train.betas"),          # a 2-tuple
-    ("train:\n  betas: [0.9, x]\n", "train.betas[1]"),
-    ("data:\n  test: a_file\n", "data.test"),             # a list
-    ("model: 5\n", "model"),                              # a section
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("model:\n  d_model: big\n", "model.d_model"),
+        ("model:\n  d_model: 64.5\n", "model.d_model"),
+        ("model:\n  d_model: true\n", "model.d_model"),  # a bool is not an int
+        ("train:\n  lr: fast\n", "train.lr"),
+        ("data:\n  lowercase: 1\n", "data.lowercase"),
+        ("data:\n  tokenizer: moses\n", "data.tokenizer"),  # not one of the Literal choices
+        ("train:\n  betas: [0.9]\n", "train.betas"),  # a 2-tuple
+        ("train:\n  betas: [0.9, x]\n", "train.betas[1]"),
+        ("data:\n  test: a_file\n", "data.test"),  # a list
+        ("model: 5\n", "model"),  # a section
+    ],
+)
 def test_wrong_type(tmp_path, text, key):
     p, msg = config_error(tmp_path, text)
     assert msg.startswith(f"{p}: {key}: ")
 
 
-@pytest.mark.parametrize("text,key", [
-    ("model:\n  d_model: 4\n", "model.d_model"),
-    ("model:\n  d_model: 64\n  n_heads: 5\n", "model.n_heads"),
-    ("model:\n  dropout: 1.0\n", "model.dropout"),
-    ("model:\n  enc_layers: 0\n", "model.enc_layers"),
-    ("train:\n  lr: 0\n", "train.lr"),
-    ("train:\n  label_smoothing: -0.1\n", "train.label_smoothing"),
-    ("train:\n  max_tokens: null\n  batch_sentences: null\n", "train.max_tokens"),
-    ("train:\n  bucket_width: 0\n", "train.bucket_width"),
-    ("decode:\n  beam_size: 0\n", "decode.beam_size"),
-    ("decode:\n  beam_size: 2\n  nbest: 3\n", "decode.nbest"),
-    ("data:\n  src_lang: xx\n", "data.src_lang"),
-    ("data:\n  tgt_lang: de\n", "data.tgt_lang"),
-    ("data:\n  max_len: 4\n", "data.max_len"),
-    ("data:\n  min_freq: 0\n", "data.min_freq"),
-    ("model:\n  share_embeddings: true\n", "model.share_embeddings"),
-    ("data:\n  joint_vocab: true\n", "data.joint_vocab"),
-    ("model:\n  positional: learned\n  max_positions: 101\n", "model.max_positions"),  # max_len 100 + 2
-    ("train:\n  val_beam_size: 65\n", "train.val_beam_size"),
-    ("train:\n  seed: -1\n", "train.seed"),
-    ("train:\n  seed: 4294967296\n", "train.seed"),
-    ("train:\n  best_metric: val_bleu\n  val_bleu: false\n", "train.best_metric"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("model:\n  d_model: 4\n", "model.d_model"),
+        ("model:\n  d_model: 64\n  n_heads: 5\n", "model.n_heads"),
+        ("model:\n  dropout: 1.0\n", "model.dropout"),
+        ("model:\n  enc_layers: 0\n", "model.enc_layers"),
+        ("train:\n  lr: 0\n", "train.lr"),
+        ("train:\n  label_smoothing: -0.1\n", "train.label_smoothing"),
+        ("train:\n  max_tokens: null\n  batch_sentences: null\n", "train.max_tokens"),
+        ("train:\n  bucket_width: 0\n", "train.bucket_width"),
+        ("decode:\n  beam_size: 0\n", "decode.beam_size"),
+        ("decode:\n  beam_size: 2\n  nbest: 3\n", "decode.nbest"),
+        ("data:\n  src_lang: xx\n", "data.src_lang"),
+        ("data:\n  tgt_lang: de\n", "data.tgt_lang"),
+        ("data:\n  max_len: 4\n", "data.max_len"),
+        ("data:\n  min_freq: 0\n", "data.min_freq"),
+        ("model:\n  share_embeddings: true\n", "model.share_embeddings"),
+        ("data:\n  joint_vocab: true\n", "data.joint_vocab"),
+        ("model:\n  positional: learned\n  max_positions: 101\n", "model.max_positions"),  # max_len 100 + 2
+        ("train:\n  val_beam_size: 65\n", "train.val_beam_size"),
+        ("train:\n  seed: -1\n", "train.seed"),
+        ("train:\n  seed: 4294967296\n", "train.seed"),
+        ("train:\n  best_metric: val_bleu\n  val_bleu: false\n", "train.best_metric"),
+    ],
+)
 def test_out_of_range(tmp_path, text, key):
     p, msg = config_error(tmp_path, text)
     assert msg.startswith(f"{p}: {key}: ")
@@ -120,9 +133,20 @@ def test_empty_file_is_the_defaults(tmp_path):
 
 
 def test_overrides_are_parsed_and_typed():
-    cfg = config_from_dict({}, ["train.lr=0.0003", "model.d_model=128", "model.n_heads=4", "data.max_size=null",
-                                "train.betas=[0.8, 0.99]", "decode.beam_size=3", "data.lowercase=false",
-                                "name=exp1", "data.test=[a, b]"])
+    cfg = config_from_dict(
+        {},
+        [
+            "train.lr=0.0003",
+            "model.d_model=128",
+            "model.n_heads=4",
+            "data.max_size=null",
+            "train.betas=[0.8, 0.99]",
+            "decode.beam_size=3",
+            "data.lowercase=false",
+            "name=exp1",
+            "data.test=[a, b]",
+        ],
+    )
     assert cfg.train.lr == 0.0003 and cfg.model.d_model == 128 and cfg.model.n_heads == 4
     assert cfg.data.max_size is None and cfg.train.betas == (0.8, 0.99) and cfg.decode.beam_size == 3
     assert cfg.data.lowercase is False and cfg.name == "exp1" and cfg.data.test == ["a", "b"]
@@ -144,12 +168,15 @@ def test_overrides_replace_file_values(tmp_path):
     assert cfg.model.d_model == 32 and cfg.model.n_heads == 4
 
 
-@pytest.mark.parametrize("item,key", [
-    ("train.lr=abc", "train.lr"),
-    ("model.d_modle=3", "model.d_modle"),
-    ("model.n_heads=3", "model.n_heads"),
-    ("train.lr=", "train.lr"),
-])
+@pytest.mark.parametrize(
+    "item,key",
+    [
+        ("train.lr=abc", "train.lr"),
+        ("model.d_modle=3", "model.d_modle"),
+        ("model.n_heads=3", "model.n_heads"),
+        ("train.lr=", "train.lr"),
+    ],
+)
 def test_bad_overrides_name_the_key(tmp_path, item, key):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         config_from_dict({}, [item])
@@ -160,11 +187,13 @@ def test_bad_overrides_name_the_key(tmp_path, item, key):
 
 def test_errors_blame_the_override_that_caused_them(tmp_path):
     p = write(tmp_path, "train:\n  lr: 1.0e-3\n")
-    for item, words in (("trian.lr=1e-3", "--set trian.lr=1e-3: trian: unknown key"),
-                        ("train.bogus.x=1", "--set train.bogus.x=1: train.bogus: unknown key"),
-                        ("train.betas=[a, 0.98]", "--set train.betas=[a, 0.98]: train.betas[0]: must be a number"),
-                        ("model={d_model: -1}", "--set model={d_model: -1}: model.d_model: must be"),
-                        ("train.max_oom=0", "--set train.max_oom=0: must be >= 1")):
+    for item, words in (
+        ("trian.lr=1e-3", "--set trian.lr=1e-3: trian: unknown key"),
+        ("train.bogus.x=1", "--set train.bogus.x=1: train.bogus: unknown key"),
+        ("train.betas=[a, 0.98]", "--set train.betas=[a, 0.98]: train.betas[0]: must be a number"),
+        ("model={d_model: -1}", "--set model={d_model: -1}: model.d_model: must be"),
+        ("train.max_oom=0", "--set train.max_oom=0: must be >= 1"),
+    ):
         with pytest.raises(ConfigError) as e:
             load_config(p, [item])
         assert str(e.value).startswith(words), str(e.value)

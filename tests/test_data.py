@@ -1,4 +1,5 @@
 """Data pipeline on real Multi30k text: tokenization, vocabularies, sentencepiece, prepare, batching."""
+
 from __future__ import annotations
 
 import gzip
@@ -9,6 +10,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 
 from mt_cli.config import DataConfig, load_config
 from mt_cli.data.batching import Split, batch_plan, iterate, shard
@@ -16,8 +18,6 @@ from mt_cli.data.prepare import corpus_dir, is_prepared, prepare_corpus
 from mt_cli.data.sources import MULTI30K_SHA256, DataError, read_lines, read_parallel
 from mt_cli.data.tokenize import SideCodec, detokenize, normalize
 from mt_cli.data.vocab import BOS, EOS, PAD, SPECIALS, UNK, Vocab
-
-from conftest import TINY
 
 
 def split_arrays(folder, split: str) -> dict:
@@ -27,32 +27,61 @@ def split_arrays(folder, split: str) -> dict:
 
 # --- tokenization -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def spacy_codecs():
     return {lang: SideCodec("spacy", lang, lowercase=False, vocab=Vocab([])) for lang in ("de", "en", "fr")}
 
 
-@pytest.mark.parametrize("lang,text,tokens", [
-    ("en", "A man in a blue shirt is standing on a ladder cleaning a window.",
-     ["A", "man", "in", "a", "blue", "shirt", "is", "standing", "on", "a", "ladder", "cleaning", "a", "window", "."]),
-    ("de", "Zwei Männer stehen am Herd und bereiten Essen zu.",
-     ["Zwei", "Männer", "stehen", "am", "Herd", "und", "bereiten", "Essen", "zu", "."]),
-    ("en", "The dog doesn't want the toy.", ["The", "dog", "does", "n't", "want", "the", "toy", "."]),
-])
+@pytest.mark.parametrize(
+    "lang,text,tokens",
+    [
+        (
+            "en",
+            "A man in a blue shirt is standing on a ladder cleaning a window.",
+            [
+                "A",
+                "man",
+                "in",
+                "a",
+                "blue",
+                "shirt",
+                "is",
+                "standing",
+                "on",
+                "a",
+                "ladder",
+                "cleaning",
+                "a",
+                "window",
+                ".",
+            ],
+        ),
+        (
+            "de",
+            "Zwei Männer stehen am Herd und bereiten Essen zu.",
+            ["Zwei", "Männer", "stehen", "am", "Herd", "und", "bereiten", "Essen", "zu", "."],
+        ),
+        ("en", "The dog doesn't want the toy.", ["The", "dog", "does", "n't", "want", "the", "toy", "."]),
+    ],
+)
 def test_spacy_tokenizes_words_and_punctuation(spacy_codecs, lang, text, tokens):
     assert spacy_codecs[lang].tokenize([text]) == [tokens]
 
 
-@pytest.mark.parametrize("text", [
-    "Two young, White males are outside near many bushes.",
-    "The dog doesn't want the toy.",
-    "A man (in red) jumps over a \"wall\".",
-    "A black-and-white dog runs; a child smiles: 3 people watch!",
-    "A sign says “Stop” in red letters.",
-    "Ein Mann hält ein Schild, auf dem steht: „Teaching children for peace“.",
-    "Ein Mann ist beim Lesen von „The Da Vinci Code“ eingeschlafen.",
-    "Zwei Restaurantmitarbeiter unter einer „Mongolian BBQ“-Leuchtreklame.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Two young, White males are outside near many bushes.",
+        "The dog doesn't want the toy.",
+        'A man (in red) jumps over a "wall".',
+        "A black-and-white dog runs; a child smiles: 3 people watch!",
+        "A sign says “Stop” in red letters.",
+        "Ein Mann hält ein Schild, auf dem steht: „Teaching children for peace“.",
+        "Ein Mann ist beim Lesen von „The Da Vinci Code“ eingeschlafen.",
+        "Zwei Restaurantmitarbeiter unter einer „Mongolian BBQ“-Leuchtreklame.",
+    ],
+)
 def test_detokenize_inverts_tokenize(spacy_codecs, text):
     lang = "de" if text.startswith(("Ein", "Zwei")) else "en"
     assert detokenize(spacy_codecs[lang].tokenize([text])[0]) == text
@@ -73,6 +102,7 @@ def test_normalize_collapses_space_and_lowercases():
 
 
 # --- vocabulary -------------------------------------------------------------------------------
+
 
 def test_vocab_specials_have_fixed_ids():
     assert (UNK, PAD, BOS, EOS) == (0, 1, 2, 3)
@@ -109,6 +139,7 @@ def test_vocab_encode_decode_round_trip_and_unknowns(real_lines):
 
 # --- sentencepiece ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sp_codec(real_lines):
     return SideCodec.train_sentencepiece(real_lines("train", "en")[:2000], "en", True, "bpe", 300)
@@ -140,11 +171,17 @@ def test_codec_drops_specials_but_keeps_unk_on_decode():
 
 # --- prepare ----------------------------------------------------------------------------------
 
+
 def test_prepared_manifest_counts_and_checksums(prepared, multi30k_dir):
     man = prepared.manifest
     assert man["fingerprint"] == prepared.cfg.data.fingerprint()
-    expected = {"train": 29000, "valid": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000,
-                "test_2017_mscoco": 461}
+    expected = {
+        "train": 29000,
+        "valid": 1014,
+        "test_2016_flickr": 1000,
+        "test_2017_flickr": 1000,
+        "test_2017_mscoco": 461,
+    }
     assert {s: v["raw_lines"] for s, v in man["splits"].items()} == expected
     assert {s: v["pairs"] for s, v in man["splits"].items()} == expected  # no Multi30k line is empty or too long
     for name, digest in man["files_sha256"].items():
@@ -218,7 +255,8 @@ def test_prepare_rebuilds_on_a_changed_data_config(tmp_path, real_lines):
     assert is_prepared(b)
     if folder_b == folder:  # replaced in place, not mixed
         assert not is_prepared(a) and len(json.loads((folder / "vocab.en.json").read_text())) == len(
-            json.loads((folder_b / "vocab.en.json").read_text()))
+            json.loads((folder_b / "vocab.en.json").read_text())
+        )
     assert not [p for p in folder_b.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
@@ -289,6 +327,7 @@ def test_tsv_with_a_missing_column_names_the_line(tmp_path):
 
 # --- batching ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def valid_split(prepared):
     return Split(prepared.folder / "valid", bucket_width=8)
@@ -298,12 +337,12 @@ def test_split_rows_hold_eos_bos_and_padding(valid_split, prepared):
     d = split_arrays(prepared.folder, "valid")
     s = valid_split
     for i in (0, 7, len(s) - 1):
-        src = d["src"][int(d["src_off"][i]): int(d["src_off"][i + 1])].tolist()
-        tgt = d["tgt"][int(d["tgt_off"][i]): int(d["tgt_off"][i + 1])].tolist()
+        src = d["src"][int(d["src_off"][i]) : int(d["src_off"][i + 1])].tolist()
+        tgt = d["tgt"][int(d["tgt_off"][i]) : int(d["tgt_off"][i + 1])].tolist()
         row = s.src[i].tolist()
-        assert row[: len(src) + 1] == src + [EOS] and set(row[len(src) + 1:]) <= {PAD}
+        assert row[: len(src) + 1] == src + [EOS] and set(row[len(src) + 1 :]) <= {PAD}
         row = s.tgt[i].tolist()
-        assert row[: len(tgt) + 2] == [BOS] + tgt + [EOS] and set(row[len(tgt) + 2:]) <= {PAD}
+        assert row[: len(tgt) + 2] == [BOS] + tgt + [EOS] and set(row[len(tgt) + 2 :]) <= {PAD}
         assert int(s.src_len[i]) == len(src) + 1 and int(s.tgt_len[i]) == len(tgt) + 1
     assert s.tgt[len(s)].eq(PAD).all()  # the filler row
 

@@ -1,10 +1,11 @@
 """Greedy and beam search on real sentences: beam 1 is greedy, scores are real, limits hold, order is kept."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import small_model
+
 from mt_cli.config import DecodeConfig
 from mt_cli.data.batching import Split
 from mt_cli.data.vocab import BOS, EOS, PAD
@@ -23,8 +24,15 @@ def sources(prepared):
 def model(prepared, sources):
     """A random model over the corpus vocabularies with peaked output distributions and an <eos> bias chosen
     so that hypotheses end at many different lengths (some early, some at the length limit)."""
-    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), seed=0,
-                    d_model=32, n_heads=2, enc_layers=1, dec_layers=1)
+    m = small_model(
+        len(prepared.codecs["src"].vocab),
+        len(prepared.codecs["tgt"].vocab),
+        seed=0,
+        d_model=32,
+        n_heads=2,
+        enc_layers=1,
+        dec_layers=1,
+    )
     with torch.no_grad():
         m.generator.weight.mul_(8)
     limits = _max_lengths(m, sources, 1.5, 10)
@@ -55,11 +63,13 @@ def sequence_logprob(model, src_row: torch.Tensor, hyp: list[int], limit: int) -
 
 def gnmt_penalty(length: int, alpha: float) -> float:
     """Wu et al. 2016, eq. 14: lp(Y) = (5 + |Y|)^α / (5 + 1)^α, written here so the tests have their own oracle."""
-    return (5 + length) ** alpha / 6 ** alpha
+    return (5 + length) ** alpha / 6**alpha
 
 
-@pytest.mark.parametrize("length, alpha, want", [(1, 1.0, 1.0), (1, 0.6, 1.0), (7, 1.0, 2.0), (13, 0.5, 3 ** 0.5),
-                                                 (25, 2.0, 25.0), (9, 0.0, 1.0)])
+@pytest.mark.parametrize(
+    "length, alpha, want",
+    [(1, 1.0, 1.0), (1, 0.6, 1.0), (7, 1.0, 2.0), (13, 0.5, 3**0.5), (25, 2.0, 25.0), (9, 0.0, 1.0)],
+)
 def test_length_penalty_closed_form(length, alpha, want):
     assert length_penalty(length, alpha) == pytest.approx(want, rel=1e-12)
     assert gnmt_penalty(length, alpha) == pytest.approx(want, rel=1e-12)
@@ -79,7 +89,7 @@ def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) 
     tgt_in = torch.full((len(seqs), limit), PAD)
     tgt_in[:, 0] = BOS
     for r, s in enumerate(seqs):
-        tgt_in[r, 1: len(s) + 1] = torch.tensor(s, dtype=torch.long)
+        tgt_in[r, 1 : len(s) + 1] = torch.tensor(s, dtype=torch.long)
     with torch.no_grad():  # causal decoder: the padding after a sequence never changes its own positions
         logp = torch.log_softmax(model(src_row[None].expand(len(seqs), -1), tgt_in).double(), -1)
     ranked = []
@@ -96,7 +106,8 @@ def brute_force_ranking(model, src_row: torch.Tensor, limit: int, alpha: float) 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 1.0, 2.0])
 def test_wide_beam_finds_the_brute_force_best(alpha):
     """A 7-word target vocabulary (4 real tokens) and outputs of at most 5 tokens: 340 possible translations (the
-    empty one is never an answer). A beam of 341 keeps them all, so its n best must be the exhaustive ranking, scores included."""
+    empty one is never an answer). A beam of 341 keeps them all, so its n best must be the exhaustive ranking,
+    scores included."""
     model = small_model(src_vocab=9, tgt_vocab=7, seed=1, d_model=16, n_heads=2, enc_layers=1, dec_layers=1)
     with torch.no_grad():  # peaked, and <eos> unlikely enough that short and long outputs compete
         model.generator.weight.mul_(3)
@@ -148,7 +159,7 @@ def test_a_sentence_that_ends_early_leaves_the_others_as_alone(model, sources):
     assert len(hyps[short]) + 1 < max(len(h) + 1 for h in hyps)
     for i in range(len(hyps)):
         pair = greedy_search(model, sources[[short, i]])
-        alone = greedy_search(model, sources[i: i + 1, : int((sources[i] != PAD).sum())])
+        alone = greedy_search(model, sources[i : i + 1, : int((sources[i] != PAD).sum())])
         assert pair == [hyps[short], hyps[i]] and alone == [hyps[i]]
         assert all(t not in (EOS, PAD, BOS) for t in hyps[i])
 
@@ -187,8 +198,7 @@ def test_nbest_one_is_the_top_of_nbest(model, sources):
 def test_max_length_is_respected(model, sources, a, b):
     limits = _max_lengths(model, sources, a, b).tolist()
     assert limits == [max(1, int((int((row != PAD).sum()) * a + b))) for row in sources]
-    for hyps in (greedy_search(model, sources, a, b),
-                 [r[0][0] for r in beam_search(model, sources, 3, 1.0, a, b)]):
+    for hyps in (greedy_search(model, sources, a, b), [r[0][0] for r in beam_search(model, sources, 3, 1.0, a, b)]):
         lens = [len(h) for h in hyps]
         assert all(n + 1 <= lim for n, lim in zip(lens, limits))  # + the <eos>
     # with <eos> made impossible, every hypothesis runs to its limit exactly
@@ -230,8 +240,11 @@ def test_decoding_keeps_the_cudnn_attention_backend_out(model, sources):
     """cuDNN's SDPA builds a plan per new shape (seconds per decoding batch on a GPU): decoding runs without
     it, and the process-wide backend flags are as before afterwards."""
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
-             for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    hooks = [
+        m.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
+        for m in model.modules()
+        if isinstance(m, MultiHeadAttention)
+    ]
     before = torch.backends.cuda.cudnn_sdp_enabled()
     try:
         for beam in (1, 2):
@@ -249,16 +262,18 @@ def test_search_never_emits_pad_or_bos(sources, prepared):
     m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), seed=1)
     with torch.no_grad():
         m.generator.bias[PAD] = m.generator.bias[BOS] = 50.0
-    outs = [greedy_search(m, sources[:6], 0.0, 6)] + \
-        [[h for h, _ in r] for r in beam_search(m, sources[:6], 3, 1.0, 0.0, 6, nbest=3)]
+    outs = [greedy_search(m, sources[:6], 0.0, 6)] + [
+        [h for h, _ in r] for r in beam_search(m, sources[:6], 3, 1.0, 0.0, 6, nbest=3)
+    ]
     assert all(PAD not in h and BOS not in h and len(h) == 5 for hyps in outs for h in hyps)
 
 
 def test_learned_positions_bound_the_output_length(sources, prepared):
     """An untrained model with 16 learned positions never stops by itself: outputs end at 16 positions
     (<bos> + 15 tokens incl. <eos>) instead of indexing past the table; a longer source is a clear error."""
-    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned",
-                    max_positions=16)
+    m = small_model(
+        len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned", max_positions=16
+    )
     with torch.no_grad():
         m.generator.bias[EOS] = -1e4
     short = sources[:4, :8].clone()
@@ -274,8 +289,9 @@ def test_translate_names_the_input_line_too_long_for_learned_positions(prepared)
 
     from mt_cli.translate import translate_lines
 
-    m = small_model(len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned",
-                    max_positions=16)
+    m = small_model(
+        len(prepared.codecs["src"].vocab), len(prepared.codecs["tgt"].vocab), positional="learned", max_positions=16
+    )
     cfg = replace(prepared.cfg, data=replace(prepared.cfg.data, max_len=14))
     lines = ["ein Hund .", "", " ".join(["ein Hund"] * 10)]
     with pytest.raises(ValueError, match=r"input line 3 is longer than the model's 16 learned positions"):

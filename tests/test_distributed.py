@@ -2,6 +2,7 @@
 epoch's batches, identical weights on every rank, one set of files written by rank 0, no hang at the end,
 and a run stopped by SIGTERM (sent to torchrun's whole process group, as a scheduler or Ctrl-C does)
 resumes to exactly the result of the uninterrupted run."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ import reliability_support as S  # noqa: E402
 from mt_cli.checkpoint import load_checkpoint  # noqa: E402
 from mt_cli.config import load_config  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available"
+)
 
 SETS = ["--set", "train.save_every=3"]
 
@@ -59,8 +61,16 @@ def test_two_processes_train_on_disjoint_shards_and_stay_identical(ddp_run, corp
     assert [r["epoch"] for r in recs] == [1, 2] and all(r["processes"] == 2 for r in recs)
     # disjoint shards: each rank ran half of the epoch's batches (the sum over ranks is reported)
     cfg = load_config(corpus)
-    n = len(batch_plan(Split(corpus_dir(cfg.data) / "train.pt", cfg.train.bucket_width), None, cfg.train.max_tokens,
-                       shuffle=True, seed=cfg.train.seed, epoch=1))
+    n = len(
+        batch_plan(
+            Split(corpus_dir(cfg.data) / "train.pt", cfg.train.bucket_width),
+            None,
+            cfg.train.max_tokens,
+            shuffle=True,
+            seed=cfg.train.seed,
+            epoch=1,
+        )
+    )
     assert recs[0]["step"] == math.ceil(n / 2) and recs[0]["steps"] == 2 * math.ceil(n / 2)
     # the ranks compared their weights' hashes after each epoch (training stops if they differ);
     # the hash they agreed on is that of the weights rank 0 saved
@@ -85,8 +95,11 @@ def test_sigterm_to_torchrun_then_resume_equals_the_uninterrupted_run(ddp_run, c
     S.signal_run(p, signal.SIGCONT)
     out, err = p.communicate(timeout=120)
     assert p.returncode != 0
-    m = re.search(r"stopped: SIGTERM received: saved (\S+) at epoch (\d+), step (\d+); continue with "
-                  r"`torchrun <the same torchrun options> -m mt_cli ([^`]+)`", err)
+    m = re.search(
+        r"stopped: SIGTERM received: saved (\S+) at epoch (\d+), step (\d+); continue with "
+        r"`torchrun <the same torchrun options> -m mt_cli ([^`]+)`",
+        err,
+    )
     assert m, err[-4000:]
     assert err.count("stopped: SIGTERM received") == 1  # every rank stopped; rank 0 alone says so
     stopped = load_checkpoint(run / m[1])

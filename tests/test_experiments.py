@@ -1,5 +1,6 @@
 """Experiments from a config: other Multi30k directions, a user corpus of files, the attention scorings and
 learned positions, and `--set` overrides recorded in the run folder."""
+
 from __future__ import annotations
 
 import gzip
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_tsv
 
 from mt_cli.config import ConfigError, ModelConfig, config_from_dict, load_config
 from mt_cli.data.prepare import is_prepared, load_manifest, prepare_corpus
@@ -24,16 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 QUIET = dict(log=lambda *_: None)
 TINY_MODEL = {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64}
 
-from conftest import write_tsv
-
 
 # --- any Multi30k pair and direction -------------------------------------------------------------
 
 
 def test_shipped_en_de_config():
     cfg = load_config(REPO / "configs" / "multi30k_en_de.yaml")
-    assert (cfg.name, cfg.data.corpus, cfg.data.src_lang, cfg.data.tgt_lang) == ("multi30k_en_de", "multi30k",
-                                                                                  "en", "de")
+    assert (cfg.name, cfg.data.corpus, cfg.data.src_lang, cfg.data.tgt_lang) == (
+        "multi30k_en_de",
+        "multi30k",
+        "en",
+        "de",
+    )
     assert multi30k_splits("en", "de")[-1] == "test_2017_mscoco"
 
 
@@ -47,20 +51,32 @@ def test_czech_has_no_2017_tests():
 def test_fr_en_prepare_and_train(multi30k_dir, tmp_path):
     from mt_cli.training import train
 
-    cfg = config_from_dict({
-        "name": "fr_en", "data": {"src_lang": "fr", "tgt_lang": "en", "root": str(tmp_path / "data")},
-        "model": TINY_MODEL,
-        "train": {"epochs": 1, "max_steps": 3, "max_tokens": 512, "val_bleu": False, "cuda_graphs": False},
-        "decode": {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 2, "batch_size": 1000}})
+    cfg = config_from_dict(
+        {
+            "name": "fr_en",
+            "data": {"src_lang": "fr", "tgt_lang": "en", "root": str(tmp_path / "data")},
+            "model": TINY_MODEL,
+            "train": {"epochs": 1, "max_steps": 3, "max_tokens": 512, "val_bleu": False, "cuda_graphs": False},
+            "decode": {"beam_size": 1, "max_len_a": 0.0, "max_len_b": 2, "batch_size": 1000},
+        }
+    )
     folder = prepare_corpus(cfg.data, source=str(multi30k_dir), **QUIET)
     man = load_manifest(folder)
     assert {s: v["pairs"] for s, v in man["splits"].items() if s != "train"} == {
-        "valid": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000, "test_2017_mscoco": 461}
+        "valid": 1014,
+        "test_2016_flickr": 1000,
+        "test_2017_flickr": 1000,
+        "test_2017_mscoco": 461,
+    }
     assert man["splits"]["train"]["raw_lines"] == 29000
-    assert (folder / "train.fr").read_text(encoding="utf-8").startswith(
-        gzip.open(multi30k_dir / "train.fr.gz", "rt", encoding="utf-8").readline().strip())
-    summary = train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),
-                    **QUIET)
+    assert (
+        (folder / "train.fr")
+        .read_text(encoding="utf-8")
+        .startswith(gzip.open(multi30k_dir / "train.fr.gz", "rt", encoding="utf-8").readline().strip())
+    )
+    summary = train(
+        cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"), **QUIET
+    )
     assert set(summary["test"]) >= {"valid", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
     assert Path(summary["result"], "curves.png").is_file()
 
@@ -78,9 +94,14 @@ def user_files(real_lines, tmp_path):
     tde, ten = real_lines("test_2016_flickr", "de")[:25], real_lines("test_2016_flickr", "en")[:25]
     with gzip.open(tmp_path / "news.tsv.gz", "wt", encoding="utf-8") as f:
         f.write("".join(f"{a}\t{b}\n" for a, b in zip(tde, ten)))
-    data = {"corpus": "files", "train": str(tmp_path / "train.tsv"), "valid": str(tmp_path / "dev"),
-            "test": [str(tmp_path / "news.tsv.gz"), str(tmp_path / "dev")], "root": str(tmp_path / "data"),
-            "min_freq": 1}
+    data = {
+        "corpus": "files",
+        "train": str(tmp_path / "train.tsv"),
+        "valid": str(tmp_path / "dev"),
+        "test": [str(tmp_path / "news.tsv.gz"), str(tmp_path / "dev")],
+        "root": str(tmp_path / "data"),
+        "min_freq": 1,
+    }
     return tmp_path, data
 
 
@@ -88,13 +109,23 @@ def test_files_corpus_prepares_and_trains(user_files):
     from mt_cli.training import train
 
     base, data = user_files
-    cfg = config_from_dict({"name": "mine", "data": data, "model": TINY_MODEL,
-                            "train": {"epochs": 1, "max_steps": 2, "max_tokens": 512, "cuda_graphs": False},
-                            "decode": {"beam_size": 1, "max_len_b": 3}})
+    cfg = config_from_dict(
+        {
+            "name": "mine",
+            "data": data,
+            "model": TINY_MODEL,
+            "train": {"epochs": 1, "max_steps": 2, "max_tokens": 512, "cuda_graphs": False},
+            "decode": {"beam_size": 1, "max_len_b": 3},
+        }
+    )
     folder = prepare_corpus(cfg.data, **QUIET)
     man = load_manifest(folder)
-    assert {s: v["pairs"] for s, v in man["splits"].items()} == {"train": 200, "valid": 30, "test_news": 25,
-                                                                 "test_dev": 30}
+    assert {s: v["pairs"] for s, v in man["splits"].items()} == {
+        "train": 200,
+        "valid": 30,
+        "test_news": 25,
+        "test_dev": 30,
+    }
     assert set(man["files_sha256"]) == {str(base / n) for n in ("train.tsv", "dev.de", "dev.en", "news.tsv.gz")}
     assert is_prepared(cfg.data)
     summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
@@ -102,9 +133,12 @@ def test_files_corpus_prepares_and_trains(user_files):
     # the scores are sacreBLEU's on the written translations against the raw reference lines, lowercased here
     import sacrebleu
 
-    raw_refs = {"test_news": [line.split("\t")[1] for line in gzip.open(base / "news.tsv.gz", "rt", encoding="utf-8")
-                              .read().splitlines()],
-                "test_dev": (base / "dev.en").read_text(encoding="utf-8").splitlines()}
+    raw_refs = {
+        "test_news": [
+            line.split("\t")[1] for line in gzip.open(base / "news.tsv.gz", "rt", encoding="utf-8").read().splitlines()
+        ],
+        "test_dev": (base / "dev.en").read_text(encoding="utf-8").splitlines(),
+    }
     for split, refs in raw_refs.items():
         hyps = (Path(summary["result"]) / f"{split}.beam1.hyp").read_text(encoding="utf-8").splitlines()
         assert len(hyps) == len(refs) == summary["test"][split]["sentences"] == {"test_news": 25, "test_dev": 30}[split]
@@ -117,8 +151,7 @@ def test_files_corpus_prepares_and_trains(user_files):
     with open(base / "dev.en", "a", encoding="utf-8") as f:
         f.write("")
     assert is_prepared(cfg.data)
-    (base / "dev.en").write_text((base / "dev.en").read_text(encoding="utf-8").replace("a", "A", 1),
-                                 encoding="utf-8")
+    (base / "dev.en").write_text((base / "dev.en").read_text(encoding="utf-8").replace("a", "A", 1), encoding="utf-8")
     assert not is_prepared(cfg.data)
     with pytest.raises(DataError, match=r"dev\.en: changed since `mt prepare`"):  # training would use stale data
         train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
@@ -127,24 +160,37 @@ def test_files_corpus_prepares_and_trains(user_files):
 def test_sentencepiece_vocabulary_smaller_than_the_alphabet_is_a_data_error(tmp_path):
     """300 distinct CJK characters cannot fit into 100 pieces: one line naming the option, not a C++ error."""
     chars = [chr(0x4E00 + i) for i in range(300)]
-    lines = ["".join(chars[i: i + 10]) for i in range(0, 300, 10)] * 2
+    lines = ["".join(chars[i : i + 10]) for i in range(0, 300, 10)] * 2
     write_tsv(tmp_path / "train.tsv", lines, lines)
-    cfg = config_from_dict({"data": {"corpus": "files", "train": str(tmp_path / "train.tsv"),
-                                     "valid": str(tmp_path / "train.tsv"), "root": str(tmp_path / "data"),
-                                     "tokenizer": "sentencepiece", "sp_vocab_size": 100, "src_lang": "de"}})
+    cfg = config_from_dict(
+        {
+            "data": {
+                "corpus": "files",
+                "train": str(tmp_path / "train.tsv"),
+                "valid": str(tmp_path / "train.tsv"),
+                "root": str(tmp_path / "data"),
+                "tokenizer": "sentencepiece",
+                "sp_vocab_size": 100,
+                "src_lang": "de",
+            }
+        }
+    )
     with pytest.raises(DataError, match=r"data.sp_vocab_size=100\): Vocabulary size is smaller than") as e:
         prepare_corpus(cfg.data, **QUIET)
     assert "\n" not in str(e.value) and ".cc" not in str(e.value)
     assert not any((tmp_path / "data").glob("*/manifest.json"))
 
 
-@pytest.mark.parametrize("breakage, message", [
-    ("three_columns", r"train\.tsv:3: expected 2 tab-separated columns, found 3"),
-    ("counts", r"dev\.de has 30 lines but .*dev\.en has 29"),
-    ("utf8", r"dev\.en:2: invalid UTF-8"),
-    ("missing", r"dev\.de: file not found"),
-    ("same_test_name", r"would both be split 'test_dev'"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("three_columns", r"train\.tsv:3: expected 2 tab-separated columns, found 3"),
+        ("counts", r"dev\.de has 30 lines but .*dev\.en has 29"),
+        ("utf8", r"dev\.en:2: invalid UTF-8"),
+        ("missing", r"dev\.de: file not found"),
+        ("same_test_name", r"would both be split 'test_dev'"),
+    ],
+)
 def test_files_corpus_errors_name_the_file_and_line(user_files, breakage, message):
     base, data = user_files
     if breakage == "three_columns":
@@ -186,8 +232,17 @@ def test_byte_order_mark_is_not_text(tmp_path):
 @pytest.mark.parametrize("attention, positional", [(s, "sinusoidal") for s in SCORINGS] + [("scaled_dot", "learned")])
 def test_variant_trains(attention, positional):
     """A tiny copy task on a fixed batch: the training loss falls clearly within a few steps."""
-    cfg = ModelConfig(d_model=32, n_heads=4, enc_layers=1, dec_layers=1, d_ff=64, dropout=0.0,
-                      attention=attention, positional=positional, max_positions=64)
+    cfg = ModelConfig(
+        d_model=32,
+        n_heads=4,
+        enc_layers=1,
+        dec_layers=1,
+        d_ff=64,
+        dropout=0.0,
+        attention=attention,
+        positional=positional,
+        max_positions=64,
+    )
     cfg.validate()
     torch.manual_seed(0)
     model = build_model(cfg, 24, 24, PAD).train()
@@ -213,18 +268,22 @@ def test_variant_trains(attention, positional):
 def test_set_overrides_are_recorded(real_lines, tmp_path, monkeypatch, capsys):
     de, en = real_lines("train", "de")[:100], real_lines("train", "en")[:100]
     write_tsv(tmp_path / "train.tsv", de, en)
-    cfg = {"name": "cli", "data": {"corpus": "files", "train": "train.tsv", "valid": "train.tsv", "root": "data",
-                                   "min_freq": 1},
-           "model": TINY_MODEL, "train": {"epochs": 1, "max_tokens": 512, "val_bleu": False},
-           "decode": {"beam_size": 1, "max_len_b": 2}}
+    cfg = {
+        "name": "cli",
+        "data": {"corpus": "files", "train": "train.tsv", "valid": "train.tsv", "root": "data", "min_freq": 1},
+        "model": TINY_MODEL,
+        "train": {"epochs": 1, "max_tokens": 512, "val_bleu": False},
+        "decode": {"beam_size": 1, "max_len_b": 2},
+    }
     (tmp_path / "cli.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     prepare_corpus(load_config("cli.yaml").data, **QUIET)  # data/ relative to the run folder, as the CLI sees it
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def mt(*args):
-        return subprocess.run([sys.executable, "-m", "mt_cli", *args], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "mt_cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
 
     sets = ["--set", "model.d_model=48", "--set", "train.lr=3e-4", "--set", "train.max_steps=2"]
     p = mt("train", "-c", "cli.yaml", *sets, "--device", "cpu")
@@ -238,9 +297,11 @@ def test_set_overrides_are_recorded(real_lines, tmp_path, monkeypatch, capsys):
     assert p.stderr.startswith("error: --set model.d_model=abc: must be an integer"), p.stderr
     from mt_cli.cli import main
 
-    for bad, msg in (("model.n_heads=5", "--set model.n_heads=5: must divide"),
-                     ("train.nope=1", "--set train.nope=1: unknown key"),
-                     ("train", "expected key=value")):
+    for bad, msg in (
+        ("model.n_heads=5", "--set model.n_heads=5: must divide"),
+        ("train.nope=1", "--set train.nope=1: unknown key"),
+        ("train", "expected key=value"),
+    ):
         monkeypatch.setattr(sys, "argv", ["mt", "train", "-c", "cli.yaml", "--set", bad, "--device", "cpu"])
         with pytest.raises(SystemExit) as e:
             main()

@@ -1,16 +1,17 @@
 """CTranslate2 export: a float32 export of the memorizing tiny model decodes token-identically to the PyTorch
 greedy search, post-LN and pre-LN; options CTranslate2 cannot represent are refused naming the option."""
+
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
 import torch
+from trained_tiny import trained_tiny
 
 from mt_cli.data.vocab import EOS
 from mt_cli.decode import greedy_search
 from mt_cli.export import ExportError, export_ctranslate2
-from trained_tiny import trained_tiny
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -25,8 +26,9 @@ def test_float32_export_is_token_identical_to_greedy(real_lines, tmp_path, norm)
     for ids in tiny.codecs["src"].encode(lines):
         ours = greedy_search(tiny.model, torch.tensor([ids + [EOS]]), a, b)[0]
         limit = int((len(ids) + 1) * a + b)  # tokens including <eos>, which ours forces at the limit
-        theirs = translator.translate_batch([tiny.codecs["src"].pieces(ids) + ["<eos>"]], beam_size=1,
-                                            max_decoding_length=limit - 1)[0].hypotheses[0]
+        theirs = translator.translate_batch(
+            [tiny.codecs["src"].pieces(ids) + ["<eos>"]], beam_size=1, max_decoding_length=limit - 1
+        )[0].hypotheses[0]
         assert tiny.codecs["tgt"].pieces(ours) == theirs
     with pytest.raises(ExportError, match="exists and is not empty"):
         export_ctranslate2(tiny.model, tiny.cfg, tiny.codecs, out)

@@ -1,5 +1,6 @@
 """Hostile and careless configs, `--set` values and report files: one line on stderr, exit 2, nothing left on
 disk, bounded memory, whatever the aliases, depth, size or numbers (issue 12, classes 1 and 5)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies
-
 from conftest import REPO, run_main
+from hypothesis import HealthCheck, given, settings, strategies
+
 from mt_cli.config import Config, ConfigError, config_from_dict, load_config
 from mt_cli.safe_parse import ParseError, load_json, read_json_or_none
 
@@ -90,7 +90,9 @@ def test_a_float_key_refuses_non_finite_and_negative_values_naming_the_key(tmp_p
 def readme_ranges() -> dict[str, tuple[str, str, str, str]]:
     """{key: (open bracket, low, high, close bracket)} from the README's config table ("in [0, 1)")."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| `([a-z_.]+)` \|[^\n]*\bin ([\[(])([^,\n]+), ([^\])\n]+)([\])])[^|\n]*\|$", readme, flags=re.M)
+    rows = re.findall(
+        r"^\| `([a-z_.]+)` \|[^\n]*\bin ([\[(])([^,\n]+), ([^\])\n]+)([\])])[^|\n]*\|$", readme, flags=re.M
+    )
     return {key: (lo_b, lo, hi, hi_b) for key, lo_b, lo, hi, hi_b in rows}
 
 
@@ -132,47 +134,57 @@ def test_billion_laughs_is_refused_in_bounded_memory(tmp_path):
     # in a child with capped memory and CPU seconds: a loader without a budget fails there, and never hangs
     p = tmp_path / "lol.yaml"
     p.write_text(billion_laughs(), encoding="utf-8")
-    script = ("import resource, sys, tracemalloc\n"
-              "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
-              "resource.setrlimit(resource.RLIMIT_CPU, (60, 60))\n"
-              "from mt_cli.cli import main\n"
-              "sys.argv = ['mt', 'train', '-c', sys.argv[1]]\n"
-              "tracemalloc.start()\n"
-              "try:\n    main()\n"
-              "finally:\n    print(tracemalloc.get_traced_memory()[1])\n")
+    script = (
+        "import resource, sys, tracemalloc\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))\n"
+        "resource.setrlimit(resource.RLIMIT_CPU, (60, 60))\n"
+        "from mt_cli.cli import main\n"
+        "sys.argv = ['mt', 'train', '-c', sys.argv[1]]\n"
+        "tracemalloc.start()\n"
+        "try:\n    main()\n"
+        "finally:\n    print(tracemalloc.get_traced_memory()[1])\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", script, str(p)], cwd=tmp_path, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-c", script, str(p)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert "refused" in assert_one_line_error(done.returncode, done.stderr, names=str(p))
     assert int(done.stdout.split()[-1]) < 32 << 20  # bytes allocated at the peak: a small budget, not gigabytes
     assert files_under(tmp_path) == {"lol.yaml"}
 
 
-@pytest.mark.parametrize("text", [
-    "train:\n  betas: " + "[" * 100_000 + "]" * 100_000 + "\n",  # flow style
-    "".join("  " * i + "- \n" for i in range(2_000)),  # block style
-    "train:\n  betas: &a [*a]\n",  # an alias inside its own anchor: endless nesting
-    "data:\n  test: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "train:\n  betas: " + "[" * 100_000 + "]" * 100_000 + "\n",  # flow style
+        "".join("  " * i + "- \n" for i in range(2_000)),  # block style
+        "train:\n  betas: &a [*a]\n",  # an alias inside its own anchor: endless nesting
+        "data:\n  test: " + "{a: " * 5_000 + "1" + "}" * 5_000 + "\n",
+    ],
+)
 def test_deep_or_endless_nesting_is_one_line(tmp_path, monkeypatch, capsys, text):
     (tmp_path / "deep.yaml").write_text(text, encoding="utf-8")
     (tmp_path / "ok.yaml").write_text("train:\n  epochs: 1\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "deep.yaml")[::2], names="deep.yaml")
     item = "train.betas=" + text.split(": ", 1)[1] if text.startswith("train") else "data.test=" + "[" * 10_000
-    assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "ok.yaml", "--set", item)[::2],
-                          names=item[:12])
+    assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "ok.yaml", "--set", item)[::2], names=item[:12])
     assert files_under(tmp_path) == {"deep.yaml", "ok.yaml"}
 
 
 def test_huge_inputs_are_refused_without_echoing_them(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "huge.yaml").write_text("name: x\n" + "#" * (2 << 20) + "\n", encoding="utf-8")
-    assert "larger than" in assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "huge.yaml")[::2],
-                                                  names="huge.yaml")
+    assert "larger than" in assert_one_line_error(
+        *run_main(monkeypatch, capsys, "train", "-c", "huge.yaml")[::2], names="huge.yaml"
+    )
     (tmp_path / "ok.yaml").write_text("train:\n  epochs: 1\n", encoding="utf-8")
-    for item in ("name=" + "a" * 50_000_000, "name=/" + "a" * 500_000, "name=" + "a" * 300,
-                 "model.d_model=" + "7" * 600_000, "x" * 500_000 + "=1", "data.src_lang=" + "é\n" * 200_000):
+    for item in (
+        "name=" + "a" * 50_000_000,
+        "name=/" + "a" * 500_000,
+        "name=" + "a" * 300,
+        "model.d_model=" + "7" * 600_000,
+        "x" * 500_000 + "=1",
+        "data.src_lang=" + "é\n" * 200_000,
+    ):
         line = assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "ok.yaml", "--set", item)[::2])
         assert line.startswith(f"error: --set {item[:5]}") or line.startswith(f"error: --set '{item[:5]}")
     line = assert_one_line_error(*run_main(monkeypatch, capsys, "train", "-c", "/dev/zero")[::2], names="/dev/zero")
@@ -184,8 +196,11 @@ def test_huge_inputs_are_refused_without_echoing_them(tmp_path, monkeypatch, cap
 
 def test_aliases_and_merge_keys_within_the_budget_still_work(tmp_path):
     p = tmp_path / "alias.yaml"
-    p.write_text("train:\n  lr: &lr 1.0e-3\n  min_lr: *lr\nmodel:\n  <<: {dropout: 0.2, d_model: 64}\n"
-                 "  n_heads: 2\ndata:\n  test: &t [a.tsv, b.tsv]\n", encoding="utf-8")
+    p.write_text(
+        "train:\n  lr: &lr 1.0e-3\n  min_lr: *lr\nmodel:\n  <<: {dropout: 0.2, d_model: 64}\n"
+        "  n_heads: 2\ndata:\n  test: &t [a.tsv, b.tsv]\n",
+        encoding="utf-8",
+    )
     cfg = load_config(p)
     assert cfg.train.min_lr == cfg.train.lr == 1e-3 and cfg.model.dropout == 0.2 and cfg.data.test == ["a.tsv", "b.tsv"]
 
@@ -206,11 +221,15 @@ def test_report_files_are_bounded_and_a_bad_one_reads_as_missing(tmp_path, monke
     assert (code, err) == (0, "")
     assert json.loads(out)["runs"][0]["epochs"] == 1 and json.loads(out)["runs"][0]["best_val_bleu"] == 12.5
     (run / "metrics.jsonl").write_text('{"epoch": 1, "x": %s}\n' % deep, encoding="utf-8")
-    assert_one_line_error(*run_main(monkeypatch, capsys, "plot", str(run), "-o", str(tmp_path / "c.png"))[::2],
-                          names="metrics.jsonl holds no finished epoch")
+    assert_one_line_error(
+        *run_main(monkeypatch, capsys, "plot", str(run), "-o", str(tmp_path / "c.png"))[::2],
+        names="metrics.jsonl holds no finished epoch",
+    )
     (run / "metrics.jsonl").write_text(json.dumps(good) + "\n" + " " * (17 << 20) + "\n", encoding="utf-8")
-    assert_one_line_error(*run_main(monkeypatch, capsys, "plot", str(run), "-o", str(tmp_path / "c.png"))[::2],
-                          names="metrics.jsonl: larger than")
+    assert_one_line_error(
+        *run_main(monkeypatch, capsys, "plot", str(run), "-o", str(tmp_path / "c.png"))[::2],
+        names="metrics.jsonl: larger than",
+    )
     (tmp_path / "big.json").write_text("[" + "0," * (3 << 20) + "0]", encoding="utf-8")
     with pytest.raises(ParseError, match=r"big.json: larger than"):
         load_json(tmp_path / "big.json")
@@ -221,11 +240,21 @@ def test_report_files_are_bounded_and_a_bad_one_reads_as_missing(tmp_path, monke
 
 ODD_NAMES = strategies.sampled_from(["", " ", "train ", "Train", "<<", "~", "null", "1", "a.b", "é", "\t", "x" * 300])
 SCALARS = strategies.one_of(
-    strategies.none(), strategies.booleans(), strategies.integers(min_value=-2 ** 80, max_value=2 ** 80),
-    strategies.floats(allow_nan=True, allow_infinity=True), strategies.sampled_from([0, 1, -1, 1e-300, 1e300, 0.5]),
-    strategies.text(max_size=20), strategies.sampled_from(["de", "en", "files", "spacy", "pre", "val_bleu"]))
-VALUES = strategies.recursive(SCALARS, lambda inner: strategies.lists(inner, max_size=4)
-                              | strategies.dictionaries(strategies.text(max_size=6), inner, max_size=3), max_leaves=12)
+    strategies.none(),
+    strategies.booleans(),
+    strategies.integers(min_value=-(2**80), max_value=2**80),
+    strategies.floats(allow_nan=True, allow_infinity=True),
+    strategies.sampled_from([0, 1, -1, 1e-300, 1e300, 0.5]),
+    strategies.text(max_size=20),
+    strategies.sampled_from(["de", "en", "files", "spacy", "pre", "val_bleu"]),
+)
+VALUES = strategies.recursive(
+    SCALARS,
+    lambda inner: (
+        strategies.lists(inner, max_size=4) | strategies.dictionaries(strategies.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
 
 
 @strategies.composite
@@ -261,14 +290,23 @@ def run_in_empty_folder(monkeypatch, capsys, config_text: str, *sets: str) -> No
         (folder / "exp.yaml").write_text(config_text, encoding="utf-8")
         (folder / "empty").mkdir()
         monkeypatch.chdir(folder)
-        code, _, err = run_main(monkeypatch, capsys, "train", "-c", "exp.yaml", "--set", "data.root=empty",
-                                *[a for s in sets for a in ("--set", s)])
+        code, _, err = run_main(
+            monkeypatch,
+            capsys,
+            "train",
+            "-c",
+            "exp.yaml",
+            "--set",
+            "data.root=empty",
+            *[a for s in sets for a in ("--set", s)],
+        )
         assert_one_line_error(code, err)
         assert files_under(folder) == {"exp.yaml", "empty"}
 
 
-PROPERTY = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+PROPERTY = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @PROPERTY
@@ -283,11 +321,15 @@ def test_aliases_and_nesting_fail_in_one_line(monkeypatch, capsys, text):
     run_in_empty_folder(monkeypatch, capsys, text)
 
 
-SET_KEYS = strategies.sampled_from([k for k in (f"{s}.{f.name}" for s, c in _sections().items()
-                                                for f in dataclasses.fields(c)) if k != "data.root"] + ["name"])
-SET_VALUES = strategies.one_of(strategies.text(max_size=40),
-                               strategies.sampled_from(BAD_FLOATS + ["[", "{a: 1", "&a [*a]"]),
-                               VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()))
+SET_KEYS = strategies.sampled_from(
+    [k for k in (f"{s}.{f.name}" for s, c in _sections().items() for f in dataclasses.fields(c)) if k != "data.root"]
+    + ["name"]
+)
+SET_VALUES = strategies.one_of(
+    strategies.text(max_size=40),
+    strategies.sampled_from(BAD_FLOATS + ["[", "{a: 1", "&a [*a]"]),
+    VALUES.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip()),
+)
 
 
 @PROPERTY
@@ -296,11 +338,16 @@ def test_random_set_values_fail_in_one_line(monkeypatch, capsys, key, value):
     run_in_empty_folder(monkeypatch, capsys, "train:\n  epochs: 1\n", f"{key}={value}")
 
 
-@pytest.mark.parametrize("setting, key", [("model.d_model=" + "9" * 400, "model.d_model"),
-                                          ("train.epochs=" + "9" * 30, "train.epochs"),
-                                          ("model.d_model=1048576", "model.d_model"),
-                                          ("model.enc_layers=100000", "model.enc_layers"),
-                                          ("model.d_ff=10000000", "model.d_ff")])
+@pytest.mark.parametrize(
+    "setting, key",
+    [
+        ("model.d_model=" + "9" * 400, "model.d_model"),
+        ("train.epochs=" + "9" * 30, "train.epochs"),
+        ("model.d_model=1048576", "model.d_model"),
+        ("model.enc_layers=100000", "model.enc_layers"),
+        ("model.d_ff=10000000", "model.d_ff"),
+    ],
+)
 def test_integers_too_large_for_any_run_are_refused_naming_the_key(setting, key):
     """A huge integer used to pass validation and fail deep inside torch (exit 1)."""
     with pytest.raises(ConfigError, match=re.escape(key)):

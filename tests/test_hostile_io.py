@@ -5,9 +5,9 @@ no error line is unbounded, a malicious prepared file never runs, and a failed e
 Everything is real: files, links, a full file system (a 1 MiB tmpfs, or /dev/full where mounting is not
 allowed), /dev/zero, pickles that would run code. The checkpoint is an untrained model of the `prepared`
 corpus (no training is needed to decode, only to decode well)."""
+
 from __future__ import annotations
 
-import builtins
 import errno
 import os
 import re
@@ -16,13 +16,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, run_main
+
 from mt_cli import atomic
 from mt_cli.atomic import OutputError
 from mt_cli.checkpoint import CheckpointError, load_checkpoint, restore, save_checkpoint, save_state
@@ -80,18 +79,21 @@ def _link(target: Path, link: Path, kind: str) -> Path:
 
 # --- 2. no output may replace one of the command's inputs --------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["same path", "symlink", "hard link"])
 def test_translate_refuses_an_output_that_is_its_input(kind, ckpt, tmp_path, monkeypatch, capsys):
     src = tmp_path / "in.de"
     src.write_text("ein Hund läuft.\nzwei Katzen.\n", encoding="utf-8")
     before = src.read_bytes()
     out = _link(src, tmp_path / "out.en", kind)
-    code, _, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(ckpt), "-i", str(src), "-o",
-                            str(out), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch, capsys, "translate", "--checkpoint", str(ckpt), "-i", str(src), "-o", str(out), "--device", "cpu"
+    )
     one_line(code, err, 2, f"--output {out}: is the same file as --input {src}", "choose another output")
     assert src.read_bytes() == before and out.read_bytes() == before
-    assert (kind != "symlink" or out.is_symlink()) and sorted(p.name for p in tmp_path.iterdir()) == \
-        sorted({"in.de", out.name})  # no temp file, no other output
+    assert (kind != "symlink" or out.is_symlink()) and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        {"in.de", out.name}
+    )  # no temp file, no other output
 
 
 def test_translate_refuses_to_write_over_its_checkpoint(ckpt, tmp_path, monkeypatch, capsys):
@@ -100,8 +102,19 @@ def test_translate_refuses_to_write_over_its_checkpoint(ckpt, tmp_path, monkeypa
     link = _link(model, tmp_path / "link.pt", "hard link")
     before = model.read_bytes()
     (tmp_path / "in.de").write_text("ein Hund.\n", encoding="utf-8")
-    code, _, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(link), "-i", str(tmp_path / "in.de"),
-                            "-o", str(model), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "translate",
+        "--checkpoint",
+        str(link),
+        "-i",
+        str(tmp_path / "in.de"),
+        "-o",
+        str(model),
+        "--device",
+        "cpu",
+    )
     one_line(code, err, 2, f"--output {model}: is the same file as --checkpoint {link}")
     assert model.read_bytes() == before
 
@@ -118,21 +131,41 @@ def test_average_refuses_an_output_that_is_one_of_its_checkpoints(kind, ckpt, tm
     assert os.stat(out).st_ino == os.stat(a).st_ino  # the link itself was not replaced either
 
 
-def test_evaluate_bench_and_plot_refuse_outputs_that_are_their_inputs(ckpt, prepared, tmp_path, monkeypatch,
-                                                                      capsys):
+def test_evaluate_bench_and_plot_refuse_outputs_that_are_their_inputs(ckpt, prepared, tmp_path, monkeypatch, capsys):
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text(yaml.safe_dump(load_checkpoint(ckpt)["config"]), encoding="utf-8")
     cfg_before, ck_before = cfg_path.read_bytes(), ckpt.read_bytes()
-    code, _, err = run_main(monkeypatch, capsys, "bench", "--config", str(cfg_path), "--no-training", "--out",
-                            str(cfg_path), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "bench",
+        "--config",
+        str(cfg_path),
+        "--no-training",
+        "--out",
+        str(cfg_path),
+        "--device",
+        "cpu",
+    )
     one_line(code, err, 2, f"--out {cfg_path}: is the same file as --config")
     assert cfg_path.read_bytes() == cfg_before
     # evaluate writes <split>.<checkpoint name>.beam1.hyp into --out: here that name is a link to the checkpoint
     ev = tmp_path / "ev"
     ev.mkdir()
     os.link(ckpt, ev / "test_2016_flickr.best.beam1.hyp")
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", "--checkpoint", str(ckpt), "--split", "test_2016_flickr",
-                            "--out", str(ev), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--split",
+        "test_2016_flickr",
+        "--out",
+        str(ev),
+        "--device",
+        "cpu",
+    )
     one_line(code, err, 2, "test_2016_flickr.best.beam1.hyp: is the same file as --checkpoint")
     assert ckpt.read_bytes() == ck_before and files_under(ev) == ["test_2016_flickr.best.beam1.hyp"]
     # plot: a PNG name that is the run's own metrics.jsonl
@@ -147,6 +180,7 @@ def test_evaluate_bench_and_plot_refuse_outputs_that_are_their_inputs(ckpt, prep
 
 # --- 3. a full disk while writing a checkpoint or a prepared split -------------------------------------------
 
+
 def _temps(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob(f"*{atomic.TEMP_SUFFIX}")]
 
@@ -157,8 +191,10 @@ def test_a_full_disk_while_saving_a_checkpoint_or_a_split_says_so(full_disk):
     torch_save(split, {"src": torch.arange(5, dtype=torch.int32), "src_off": torch.tensor([0, 5])})
     before = {p: p.read_bytes() for p in (last, split)}
     full_disk.fill()
-    for path, write in ((last, lambda: save_state(last, {"format": "new", "w": torch.ones(300_000)})),
-                        (split, lambda: torch_save(split, {"src": torch.arange(300_000, dtype=torch.int32)}))):
+    for path, write in (
+        (last, lambda: save_state(last, {"format": "new", "w": torch.ones(300_000)})),
+        (split, lambda: torch_save(split, {"src": torch.arange(300_000, dtype=torch.int32)})),
+    ):
         with pytest.raises(OutputError) as e:
             write()
         assert e.value.errno == errno.ENOSPC
@@ -178,6 +214,7 @@ def test_the_cli_says_the_disk_is_full_in_one_line(ckpt, full_disk, monkeypatch,
 
 # --- 6. an input at fault is exit 2, naming the file and the tensor; inputs and error lines stay bounded ---------
 
+
 def test_average_of_checkpoints_with_tensors_of_other_shapes_names_the_tensor(ckpt, tmp_path, monkeypatch, capsys):
     ck = load_checkpoint(ckpt)
     name = next(k for k, v in ck["model"].items() if v.dim() == 2)
@@ -195,13 +232,17 @@ def test_a_state_dict_that_does_not_fit_names_the_first_tensor(ckpt, tmp_path, m
     misshaped = {**ck, "model": {**ck["model"], first: torch.zeros(3)}}
     missing = {**ck, "model": {k: v for k, v in ck["model"].items() if k != last}}
     unexpected = {**ck, "model": {**ck["model"], "encoder.extra.weight": torch.zeros(2)}}
-    for state, words in ((misshaped, f"tensor {first} has shape [3] in the file"),
-                         (missing, f"tensor {last} is missing"), (unexpected, "tensor encoder.extra.weight")):
+    for state, words in (
+        (misshaped, f"tensor {first} has shape [3] in the file"),
+        (missing, f"tensor {last} is missing"),
+        (unexpected, "tensor encoder.extra.weight"),
+    ):
         with pytest.raises(CheckpointError, match=f"incompatible checkpoint .*{re.escape(words)}"):
             restore(state, "x.pt")
     save_state(tmp_path / "bad.pt", misshaped)
-    code, _, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(tmp_path / "bad.pt"), "-i",
-                            os.devnull, "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch, capsys, "translate", "--checkpoint", str(tmp_path / "bad.pt"), "-i", os.devnull, "--device", "cpu"
+    )
     one_line(code, err, 2, "bad.pt: incompatible checkpoint", f"tensor {first} has shape [3]")
 
 
@@ -222,8 +263,9 @@ def test_an_endless_input_is_refused_in_bounded_memory(ckpt, tmp_path):
         main()
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                       env=env)
+    r = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env
+    )
     assert "read_lines refused: /dev/zero: line 1 is longer than" in r.stdout, (r.stdout, r.stderr[-2000:])
     # (a progress bar may come before it: the error is the one last line)
     one_line(r.returncode, r.stderr.splitlines()[-1], 2, "/dev/zero")
@@ -240,6 +282,7 @@ def test_no_error_line_is_unbounded(monkeypatch, capsys, tmp_path):
 
 
 # --- 7. a malicious or foreign prepared file: one line, exit 2, nothing runs, no advice to turn safety off ---------
+
 
 @pytest.mark.parametrize("victim", ["codecs.pt", "test_2016_flickr.src.npy"])
 def test_a_malicious_prepared_file_is_refused_in_one_line(victim, ckpt, prepared, tmp_path, monkeypatch, capsys):
@@ -262,8 +305,19 @@ def test_a_malicious_prepared_file_is_refused_in_one_line(victim, ckpt, prepared
     if victim == "codecs.pt":  # bench without a checkpoint reads the corpus's codecs.pt
         args = ["bench", "--config", str(cfg_path), "--no-training", "--device", "cpu", "--out", "b.json"]
     else:
-        args = ["evaluate", "--checkpoint", str(ckpt), "--data-root", str(root), "--split", "test_2016_flickr",
-                "--out", "ev", "--device", "cpu"]
+        args = [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--data-root",
+            str(root),
+            "--split",
+            "test_2016_flickr",
+            "--out",
+            "ev",
+            "--device",
+            "cpu",
+        ]
     code, _, err = run_main(monkeypatch, capsys, *args)
     said = "not a complete prepared array" if victim.endswith(".npy") else "refused to load: it asks to import"
     line = one_line(code, err, 2, f"{victim}: {said}", "mt prepare")
@@ -272,10 +326,24 @@ def test_a_malicious_prepared_file_is_refused_in_one_line(victim, ckpt, prepared
 
 # --- 8. evaluate checks every argument before writing, and a failure leaves nothing behind -------------------------
 
+
 def test_evaluate_checks_every_split_before_writing_anything(ckpt, tmp_path, monkeypatch, capsys):
     ev = tmp_path / "result" / "ev"
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", "--checkpoint", str(ckpt), "--split", "test_2016_flickr",
-                            "--split", "bogus", "--out", str(ev), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--split",
+        "test_2016_flickr",
+        "--split",
+        "bogus",
+        "--out",
+        str(ev),
+        "--device",
+        "cpu",
+    )
     one_line(code, err, 2, "no split 'bogus'")
     assert files_under(tmp_path) == []
 
@@ -283,8 +351,19 @@ def test_evaluate_checks_every_split_before_writing_anything(ckpt, tmp_path, mon
 def test_evaluate_on_a_full_disk_leaves_no_folders(ckpt, full_disk, monkeypatch, capsys):
     ev = full_disk.folder / "result" / "ev"
     full_disk.fill(leave=0)
-    code, _, err = run_main(monkeypatch, capsys, "evaluate", "--checkpoint", str(ckpt), "--split", "test_2017_mscoco",
-                            "--out", str(ev), "--device", "cpu")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--split",
+        "test_2017_mscoco",
+        "--out",
+        str(ev),
+        "--device",
+        "cpu",
+    )
     # the split's score is logged before the writing fails; the error is the one last line
     one_line(code, err.splitlines()[-1], 1, f"cannot write {ev}", "the disk is full")
     assert "Traceback" not in err and not (full_disk.folder / "result").exists() and not _temps(full_disk.folder)

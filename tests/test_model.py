@@ -1,12 +1,13 @@
 """The Transformer: attention against the textbook formula, masking, caching, and every variant."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-
 from conftest import random_ids, small_model
+
 from mt_cli.data.vocab import BOS, PAD
 from mt_cli.model.attention import SCORINGS, MultiHeadAttention, attention_reference
 
@@ -187,8 +188,11 @@ def test_tied_embeddings_share_storage():
     n_untied = sum(p.numel() for p in small_model().parameters())
     assert sum(p.numel() for p in m.parameters()) == n_untied - 60 * 32
     shared = small_model(src_vocab=60, tgt_vocab=60, share_embeddings=True)
-    ptrs = {shared.src_embed.tok.weight.data_ptr(), shared.tgt_embed.tok.weight.data_ptr(),
-            shared.generator.weight.data_ptr()}
+    ptrs = {
+        shared.src_embed.tok.weight.data_ptr(),
+        shared.tgt_embed.tok.weight.data_ptr(),
+        shared.generator.weight.data_ptr(),
+    }
     assert len(ptrs) == 1
     # rows of tokens never fed to the decoder still get gradient: through the output layer, the same tensor
     m.train()
@@ -206,8 +210,9 @@ def test_pad_embedding_is_zero():
 @pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
 @pytest.mark.parametrize("norm", ["post", "pre"])
 def test_every_variant_trains(scoring, positional, norm):
-    model = small_model(attention=scoring, positional=positional, norm=norm, dropout=0.1, attn_dropout=0.1,
-                        enc_layers=1, dec_layers=1).train()
+    model = small_model(
+        attention=scoring, positional=positional, norm=norm, dropout=0.1, attn_dropout=0.1, enc_layers=1, dec_layers=1
+    ).train()
     g = torch.Generator().manual_seed(4)
     src, tgt_in, tgt_out = random_ids(4, 6, 50, g), random_ids(4, 5, 60, g), random_ids(4, 5, 60, g)
     src[0, 4:] = PAD
@@ -217,8 +222,9 @@ def test_every_variant_trains(scoring, positional, norm):
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads.values()), \
-        [n for n, gr in grads.items() if gr is None]
+    assert all(gr is not None and torch.isfinite(gr).all() for gr in grads.values()), [
+        n for n, gr in grads.items() if gr is None
+    ]
     # the scoring's own parameters take part
     extra = [n for n in grads if "bilinear" in n or "add_" in n]
     assert bool(extra) == (scoring in ("bilinear", "additive"))

@@ -1,5 +1,6 @@
 """The whole learning pipeline works: a tiny model memorizes 32 real Multi30k pairs (BLEU >= 90 on real
 greedy decoding), trained through prepare -> Split -> batch_plan -> Stepper, scored with sacreBLEU."""
+
 from __future__ import annotations
 
 import pytest
@@ -24,14 +25,21 @@ def overfit(tmp_path_factory, real_lines):
     tmp = tmp_path_factory.mktemp("overfit")
     pairs = list(zip(real_lines("train", "de")[:N_PAIRS], real_lines("train", "en")[:N_PAIRS]))
     (tmp / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in pairs), encoding="utf-8")
-    cfg = config_from_dict({
-        "name": "overfit",
-        "data": {"corpus": "files", "root": str(tmp / "data"), "train": str(tmp / "pairs.tsv"),
-                 "valid": str(tmp / "pairs.tsv"), "min_freq": 1},
-        "model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 128, "dropout": 0.0},
-        "train": {"lr": 3e-3, "batch_sentences": 16, "max_tokens": None, "label_smoothing": 0.0, "clip": 1.0},
-        "decode": {"beam_size": 1},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "overfit",
+            "data": {
+                "corpus": "files",
+                "root": str(tmp / "data"),
+                "train": str(tmp / "pairs.tsv"),
+                "valid": str(tmp / "pairs.tsv"),
+                "min_freq": 1,
+            },
+            "model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 128, "dropout": 0.0},
+            "train": {"lr": 3e-3, "batch_sentences": 16, "max_tokens": None, "label_smoothing": 0.0, "clip": 1.0},
+            "decode": {"beam_size": 1},
+        }
+    )
     folder = prepare_corpus(cfg.data, log=lambda m: None)
     state = torch.load(folder / "codecs.pt", weights_only=True)
     codecs = {side: SideCodec.from_state(state[side]) for side in ("src", "tgt")}
@@ -44,14 +52,24 @@ def overfit(tmp_path_factory, real_lines):
     model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.train.lr, betas=cfg.train.betas, eps=cfg.train.eps)
-    stepper = Stepper(model, opt, params, device=dev, amp_dtype=torch.float32, clip=cfg.train.clip,
-                      label_smoothing=cfg.train.label_smoothing, use_graphs=False, log=lambda m: None)
+    stepper = Stepper(
+        model,
+        opt,
+        params,
+        device=dev,
+        amp_dtype=torch.float32,
+        clip=cfg.train.clip,
+        label_smoothing=cfg.train.label_smoothing,
+        use_graphs=False,
+        log=lambda m: None,
+    )
     history, step, epoch = [], 0, 0
     while step < MAX_STEPS:
         epoch += 1
         model.train()
-        for batch in iterate(train, batch_plan(train, cfg.train.batch_sentences, None, shuffle=True, seed=0,
-                                               epoch=epoch), dev):
+        for batch in iterate(
+            train, batch_plan(train, cfg.train.batch_sentences, None, shuffle=True, seed=0, epoch=epoch), dev
+        ):
             stepper(batch)
             step += 1
             if step % CHECK_EVERY == 0:
@@ -63,8 +81,15 @@ def overfit(tmp_path_factory, real_lines):
                     break
         if history and history[-1]["bleu"] >= 90:
             break
-    return {"model": model.eval(), "codecs": codecs, "cfg": cfg, "valid": valid, "refs": refs, "hyps": hyps,
-            "history": history}
+    return {
+        "model": model.eval(),
+        "codecs": codecs,
+        "cfg": cfg,
+        "valid": valid,
+        "refs": refs,
+        "hyps": hyps,
+        "history": history,
+    }
 
 
 def test_tiny_model_memorizes_32_real_pairs(overfit):

@@ -1,5 +1,6 @@
 """Learning curves: curves.png after every epoch of a real tiny run, `mt plot` for one or several runs,
 TensorBoard scalars, and a plotting failure that warns once without stopping training."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_main
 from matplotlib.image import imread
 
 from mt_cli.config import config_from_dict
@@ -16,8 +18,6 @@ from mt_cli.plots import CURVES_DPI, CURVES_SIZE, EpochReport, plot_runs, read_m
 
 REPO = Path(__file__).resolve().parents[1]
 CURVES_PX = (round(CURVES_SIZE[1] * CURVES_DPI), round(CURVES_SIZE[0] * CURVES_DPI))  # (height, width)
-
-from conftest import run_main
 
 
 def _has_tensorboard() -> bool:
@@ -32,22 +32,33 @@ def write_slice(real_lines, folder: Path, n_train: int = 120, n_valid: int = 16)
     """A small 'files' corpus from real Multi30k de-en lines: TSV train, prefix valid, TSV test."""
     folder.mkdir(parents=True, exist_ok=True)
     de, en = real_lines("train", "de"), real_lines("train", "en")
-    (folder / "train.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(de[:n_train], en[:n_train])),
-                                      encoding="utf-8")
+    (folder / "train.tsv").write_text(
+        "".join(f"{a}\t{b}\n" for a, b in zip(de[:n_train], en[:n_train])), encoding="utf-8"
+    )
     vde, ven = real_lines("val", "de"), real_lines("val", "en")
     (folder / "valid.de").write_text("\n".join(vde[:n_valid]) + "\n", encoding="utf-8")
     (folder / "valid.en").write_text("\n".join(ven[:n_valid]) + "\n", encoding="utf-8")
-    (folder / "test.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in zip(vde[-n_valid:], ven[-n_valid:])),
-                                     encoding="utf-8")
-    return {"corpus": "files", "train": str(folder / "train.tsv"), "valid": str(folder / "valid"),
-            "test": [str(folder / "test.tsv")], "root": str(folder / "data"), "min_freq": 1}
+    (folder / "test.tsv").write_text(
+        "".join(f"{a}\t{b}\n" for a, b in zip(vde[-n_valid:], ven[-n_valid:])), encoding="utf-8"
+    )
+    return {
+        "corpus": "files",
+        "train": str(folder / "train.tsv"),
+        "valid": str(folder / "valid"),
+        "test": [str(folder / "test.tsv")],
+        "root": str(folder / "data"),
+        "min_freq": 1,
+    }
 
 
 def tiny_config(data: dict, name: str = "tiny", **train):
-    raw = {"name": name, "data": data,
-           "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
-           "train": {"epochs": 2, "max_tokens": 512, "lr": 1e-3, "cuda_graphs": False, **train},
-           "decode": {"beam_size": 1, "max_len_b": 5}}
+    raw = {
+        "name": name,
+        "data": data,
+        "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
+        "train": {"epochs": 2, "max_tokens": 512, "lr": 1e-3, "cuda_graphs": False, **train},
+        "decode": {"beam_size": 1, "max_len_b": 5},
+    }
     return config_from_dict(raw)
 
 
@@ -61,8 +72,7 @@ def trained(tmp_path_factory, real_lines):
     cfg = tiny_config(write_slice(real_lines, base / "corpus"), tensorboard=_has_tensorboard())
     prepare_corpus(cfg.data, log=lambda *_: None)
     log: list[str] = []
-    summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"),
-                    log=log.append)
+    summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), log=log.append)
     return Path(summary["result"]), log
 
 
@@ -77,10 +87,11 @@ def colour_pixels_per_panel(path: Path, colour: str) -> list[int]:
     from matplotlib.colors import to_rgb
 
     img = imread(path)[..., :3]
-    close = (abs(img - torch.tensor(to_rgb(colour)).numpy()).max(-1) < 0.08)
+    close = abs(img - torch.tensor(to_rgb(colour)).numpy()).max(-1) < 0.08
     h, w = close.shape
-    quarters = [(slice(r * h // 2, (r + 1) * h // 2), slice(c * w // 2, (c + 1) * w // 2))
-                for r in (0, 1) for c in (0, 1)]
+    quarters = [
+        (slice(r * h // 2, (r + 1) * h // 2), slice(c * w // 2, (c + 1) * w // 2)) for r in (0, 1) for c in (0, 1)
+    ]
     return [int(close[rows, cols].sum()) for rows, cols in quarters]
 
 
@@ -143,8 +154,13 @@ def test_tensorboard_missing_is_one_clear_error(monkeypatch, real_lines, tmp_pat
     from mt_cli.training import train
 
     with pytest.raises(ValueError, match=r"train.tensorboard.*pip install"):  # before any run folder is made
-        train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),
-              log=lambda *_: None)
+        train(
+            cfg,
+            device="cpu",
+            saved_root=str(tmp_path / "saved"),
+            result_root=str(tmp_path / "result"),
+            log=lambda *_: None,
+        )
     assert not (tmp_path / "saved").exists() and not (tmp_path / "result").exists()
 
 
@@ -175,8 +191,9 @@ def test_mt_plot_compares_runs(trained, tmp_path, monkeypatch, capsys):
     shutil.copytree(result, root / "a")
     shutil.copytree(result, root / "b")
     out = tmp_path / "cmp.png"
-    code, stdout, err = run_main(monkeypatch, capsys, "plot", "a", str(root / "b"), "--result", str(root),
-                                 "--out", str(out))
+    code, stdout, err = run_main(
+        monkeypatch, capsys, "plot", "a", str(root / "b"), "--result", str(root), "--out", str(out)
+    )
     assert code == 0, err
     assert stdout == f"wrote {out}\n"
     assert _png_shape(out) == CURVES_PX
@@ -199,8 +216,13 @@ def test_mt_plot_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_read_metrics_resumed_and_torn(tmp_path):
-    recs = [{"epoch": 1, "val_loss": 3.0}, {"epoch": 2, "val_loss": 2.5}, {"epoch": 2, "val_loss": 2.4},
-            {"epoch": 3, "val_loss": 2.0}]
-    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + '\n{"epoch": 4, "val',
-                                            encoding="utf-8")
+    recs = [
+        {"epoch": 1, "val_loss": 3.0},
+        {"epoch": 2, "val_loss": 2.5},
+        {"epoch": 2, "val_loss": 2.4},
+        {"epoch": 3, "val_loss": 2.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in recs) + '\n{"epoch": 4, "val', encoding="utf-8"
+    )
     assert [(r["epoch"], r["val_loss"]) for r in read_metrics(tmp_path)] == [(1, 3.0), (2, 2.4), (3, 2.0)]

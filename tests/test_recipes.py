@@ -1,5 +1,6 @@
 """Training recipes on a small real corpus: early stopping, checkpoint averaging, schedules, bench,
 and that training on a prepared corpus never imports spaCy."""
+
 from __future__ import annotations
 
 import json
@@ -9,23 +10,35 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, TINY, write_tsv
 
 from mt_cli.config import load_config
 from mt_cli.data.prepare import prepare_corpus
-
-from conftest import REPO, TINY, write_tsv
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, real_lines):
     """A 400-pair corpus of real Multi30k lines (corpus: files, TSV), prepared with sentencepiece."""
     d = tmp_path_factory.mktemp("small")
-    for name, split, a, b in (("train", "train", 0, 400), ("valid", "val", 0, 40), ("test_small", "test_2016_flickr", 0, 30)):
+    for name, split, a, b in (
+        ("train", "train", 0, 400),
+        ("valid", "val", 0, 40),
+        ("test_small", "test_2016_flickr", 0, 30),
+    ):
         src, tgt = real_lines(split, "de")[a:b], real_lines(split, "en")[a:b]
         write_tsv(d / f"{name}.tsv", src, tgt)
-    overrides = [f"data.root={d / 'data'}", "data.corpus=files", f"data.train={d / 'train.tsv'}",
-                 f"data.valid={d / 'valid.tsv'}", f"data.test=[{d / 'test_small.tsv'}]", "data.tokenizer=sentencepiece",
-                 "data.sp_vocab_size=400", "train.max_tokens=1024", "decode.max_len_a=0", "decode.max_len_b=8"]
+    overrides = [
+        f"data.root={d / 'data'}",
+        "data.corpus=files",
+        f"data.train={d / 'train.tsv'}",
+        f"data.valid={d / 'valid.tsv'}",
+        f"data.test=[{d / 'test_small.tsv'}]",
+        "data.tokenizer=sentencepiece",
+        "data.sp_vocab_size=400",
+        "train.max_tokens=1024",
+        "decode.max_len_a=0",
+        "decode.max_len_b=8",
+    ]
     cfg = load_config(TINY, overrides)
     prepare_corpus(cfg.data, log=lambda *_: None)
     return d, overrides
@@ -36,8 +49,9 @@ def _train(small, *more, tmp):
 
     d, overrides = small
     cfg = load_config(TINY, overrides + list(more))
-    return cfg, train(cfg, device="cpu", saved_root=str(tmp / "saved"), result_root=str(tmp / "result"),
-                      log=lambda *_: None)
+    return cfg, train(
+        cfg, device="cpu", saved_root=str(tmp / "saved"), result_root=str(tmp / "result"), log=lambda *_: None
+    )
 
 
 def _metrics(summary):
@@ -47,8 +61,15 @@ def _metrics(summary):
 
 def test_early_stopping_on_validation_bleu(small, tmp_path):
     # with a vanishing learning rate the translations, hence BLEU, cannot improve after epoch 1
-    _, s = _train(small, "train.epochs=10", "train.lr=1e-12", "train.best_metric=val_bleu",
-                  "train.early_stopping=2", "train.scheduler=constant", tmp=tmp_path)
+    _, s = _train(
+        small,
+        "train.epochs=10",
+        "train.lr=1e-12",
+        "train.best_metric=val_bleu",
+        "train.early_stopping=2",
+        "train.scheduler=constant",
+        tmp=tmp_path,
+    )
     epochs = [m["epoch"] for m in _metrics(s)]
     assert epochs == [1, 2, 3]
     assert s["best_epoch"] == 1 and s["best_val_bleu"] is not None
@@ -79,8 +100,15 @@ def test_final_test_keeps_best_when_the_average_is_worse_on_valid(small, tmp_pat
     from mt_cli.checkpoint import load_checkpoint, save_state
     from mt_cli.evaluate import final_test
 
-    cfg, s = _train(small, "train.epochs=3", "train.average_last=2", "train.val_bleu=false",
-                    "train.lr=3e-3", "decode.beam_size=1", tmp=tmp_path)
+    cfg, s = _train(
+        small,
+        "train.epochs=3",
+        "train.average_last=2",
+        "train.val_bleu=false",
+        "train.lr=3e-3",
+        "decode.beam_size=1",
+        tmp=tmp_path,
+    )
     saved = tmp_path / "saved" / s["run"]
     for p in saved.glob("epoch_*.pt"):
         ck = load_checkpoint(p)
@@ -94,8 +122,15 @@ def test_final_test_keeps_best_when_the_average_is_worse_on_valid(small, tmp_pat
 
 
 def test_inverse_sqrt_schedule_warms_up_then_decays(small, tmp_path):
-    cfg, s = _train(small, "train.epochs=2", "train.scheduler=inverse_sqrt", "train.warmup_steps=5",
-                    "train.lr=1e-3", "train.val_bleu=false", tmp=tmp_path)
+    cfg, s = _train(
+        small,
+        "train.epochs=2",
+        "train.scheduler=inverse_sqrt",
+        "train.warmup_steps=5",
+        "train.lr=1e-3",
+        "train.val_bleu=false",
+        tmp=tmp_path,
+    )
     for m in _metrics(s):  # the logged lr is the one of the epoch's last step
         step, w = m["step"], 5
         assert m["lr"] == pytest.approx(1e-3 * min(step / w, (w / step) ** 0.5), rel=1e-6)
@@ -118,8 +153,22 @@ def test_training_does_not_import_spacy(small, tmp_path):
 def test_bench_cli_writes_report(small, tmp_path):
     d, overrides = small
     out = tmp_path / "bench.json"
-    args = [sys.executable, "-m", "mt_cli", "bench", "-c", str(TINY), "--steps", "3", "--device", "cpu",
-            "--split", "test_small", "--out", str(out)]
+    args = [
+        sys.executable,
+        "-m",
+        "mt_cli",
+        "bench",
+        "-c",
+        str(TINY),
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--split",
+        "test_small",
+        "--out",
+        str(out),
+    ]
     for o in overrides:
         args += ["--set", o]
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -134,8 +183,13 @@ def test_bench_cli_writes_report(small, tmp_path):
     # translation only, of a trained checkpoint, with its decoding settings overridden
     _, s = _train(small, "train.max_steps=2", "train.val_bleu=false", tmp=tmp_path)
     ckpt = os.path.join(s["saved"], "best.pt")
-    r = subprocess.run(args + ["--no-training", "--checkpoint", ckpt, "--set", "decode.batch_size=7"], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        args + ["--no-training", "--checkpoint", ckpt, "--set", "decode.batch_size=7"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
     assert rep["training"] is None and rep["translation_model"] == ckpt
@@ -143,10 +197,10 @@ def test_bench_cli_writes_report(small, tmp_path):
 
 
 def test_label_smoothed_loss_ignores_target_padding():
+    from conftest import random_ids, small_model
+
     from mt_cli.data.vocab import PAD
     from mt_cli.steps import loss_sum
-
-    from conftest import random_ids, small_model
 
     model = small_model()
     g = torch.Generator().manual_seed(5)
@@ -171,8 +225,13 @@ def test_average_command_writes_the_mean_checkpoint(small, tmp_path):
     saved = tmp_path / "saved" / s["run"]
     eps = sorted(saved.glob("epoch_*.pt"))
     out = tmp_path / "avg.pt"
-    r = subprocess.run([sys.executable, "-m", "mt_cli", "average", *map(str, eps), "-o", str(out)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mt_cli", "average", *map(str, eps), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = (load_checkpoint(p)["model"] for p in eps)
     key = "decoder.0.ffn.3.weight"
@@ -194,7 +253,8 @@ def test_compiled_training_matches_eager(small, tmp_path):
     # torch.compile fuses kernels (the option for GPUs without CUDA graphs); same seed, same loss
     losses = []
     for compile_ in ("false", "true"):
-        _, s = _train(small, "train.max_steps=3", f"train.compile={compile_}", "train.val_bleu=false",
-                      tmp=tmp_path / compile_)
+        _, s = _train(
+            small, "train.max_steps=3", f"train.compile={compile_}", "train.val_bleu=false", tmp=tmp_path / compile_
+        )
         losses.append(_metrics(s)[0]["train_loss"])
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)

@@ -1,14 +1,14 @@
 """`mt runs`: two real tiny runs that differ in one config key, listed with that key and their scores."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
+from conftest import run_main, write_tsv
 
 from mt_cli.config import config_from_dict
 from mt_cli.runs import differing_keys, find_runs, flatten, format_runs, runs_report
-
-from conftest import run_main, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,20 @@ def two_runs(tmp_path_factory, real_lines):
     vde, ven = real_lines("val", "de")[:12], real_lines("val", "en")[:12]
     (base / "dev.de").write_text("\n".join(vde) + "\n", encoding="utf-8")
     (base / "dev.en").write_text("\n".join(ven) + "\n", encoding="utf-8")
-    raw = {"name": "exp", "data": {"corpus": "files", "train": str(base / "train.tsv"), "valid": str(base / "dev"),
-                                   "test": [str(base / "dev")], "root": str(base / "data"), "min_freq": 1},
-           "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
-           "train": {"epochs": 1, "max_tokens": 512, "max_steps": 3, "cuda_graphs": False},
-           "decode": {"beam_size": 1, "max_len_b": 3}}
+    raw = {
+        "name": "exp",
+        "data": {
+            "corpus": "files",
+            "train": str(base / "train.tsv"),
+            "valid": str(base / "dev"),
+            "test": [str(base / "dev")],
+            "root": str(base / "data"),
+            "min_freq": 1,
+        },
+        "model": {"d_model": 32, "n_heads": 2, "enc_layers": 1, "dec_layers": 1, "d_ff": 64},
+        "train": {"epochs": 1, "max_tokens": 512, "max_steps": 3, "cuda_graphs": False},
+        "decode": {"beam_size": 1, "max_len_b": 3},
+    }
     result = base / "result"
     for lr in ("1e-3", "2e-3"):
         cfg = config_from_dict(raw, [f"train.lr={lr}"])
@@ -48,8 +57,19 @@ def test_report_lists_the_differing_key_and_scores(two_runs):
         summary = json.loads((two_runs / r["run"] / "summary.json").read_text())
         assert r["test_bleu"] == {"test_dev": summary["test"]["test_dev"]["bleu"]}
     table = format_runs(report).splitlines()
-    assert table[0].split() == ["run", "train.lr", "epochs", "best", "val", "BLEU", "best", "val", "loss",
-                                "test_dev", "BLEU"]
+    assert table[0].split() == [
+        "run",
+        "train.lr",
+        "epochs",
+        "best",
+        "val",
+        "BLEU",
+        "best",
+        "val",
+        "loss",
+        "test_dev",
+        "BLEU",
+    ]
     assert table[2].split()[:3] == ["exp", "0.001", "1"] and table[3].split()[:3] == ["exp-2", "0.002", "1"]
 
 
@@ -92,8 +112,10 @@ def test_unfinished_run_and_missing_keys(tmp_path):
 def test_a_nan_epoch_is_not_the_best(tmp_path):
     run = tmp_path / "a"
     run.mkdir()
-    recs = [{"epoch": 1, "val_loss": float("nan"), "val_bleu": float("nan")}, {"epoch": 2, "val_loss": 3.0,
-                                                                                "val_bleu": 7.5}]
+    recs = [
+        {"epoch": 1, "val_loss": float("nan"), "val_bleu": float("nan")},
+        {"epoch": 2, "val_loss": 3.0, "val_bleu": 7.5},
+    ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     r = runs_report(find_runs(tmp_path))["runs"][0]
     assert (r["best_val_loss"], r["best_val_bleu"]) == (3.0, 7.5)

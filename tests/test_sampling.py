@@ -1,15 +1,16 @@
 """Sampling decode (--sample topk:K / topp:P, --seed): top-1 is greedy, a seed repeats its samples, and every
 sampled token lies in the set the model's own distribution allows (computed here by a teacher-forced pass)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import random_ids, run_main, small_model
+from trained_tiny import trained_tiny
+
 from mt_cli.config import DecodeConfig
 from mt_cli.data.vocab import BOS, EOS, PAD
 from mt_cli.decode import Sampler, greedy_search, sample_search, translate_ids
-from trained_tiny import trained_tiny
 
 A, B = 1.0, 6  # length limit a * source length + b
 
@@ -64,8 +65,9 @@ def test_top_1_through_translate_ids_and_the_trained_model(real_lines):
     tiny = trained_tiny(real_lines)
     src = [torch.tensor(ids + [EOS]) for ids in tiny.codecs["src"].encode(tiny.src[:20])]
     cfg = DecodeConfig(beam_size=1, batch_size=6)
-    assert translate_ids(tiny.model, src, cfg, torch.device("cpu"), sampler=Sampler("topk", 1)) == \
-        translate_ids(tiny.model, src, cfg, torch.device("cpu"))
+    assert translate_ids(tiny.model, src, cfg, torch.device("cpu"), sampler=Sampler("topk", 1)) == translate_ids(
+        tiny.model, src, cfg, torch.device("cpu")
+    )
 
 
 @pytest.mark.parametrize("spec", ["topk:10", "topp:0.9"])
@@ -113,8 +115,12 @@ def test_the_command_samples_reproducibly(real_lines, tmp_path, monkeypatch, cap
     monkeypatch.chdir(tmp_path)
     base = ["translate", "--checkpoint", str(tiny.path), "-i", "in.de", "--device", "cpu"]
     outs = {}
-    for name, extra in (("greedy", ["--beam", "1"]), ("top1", ["--sample", "topk:1"]),
-                        ("a", ["--sample", "topk:20", "--seed", "4"]), ("b", ["--sample", "topk:20", "--seed", "4"])):
+    for name, extra in (
+        ("greedy", ["--beam", "1"]),
+        ("top1", ["--sample", "topk:1"]),
+        ("a", ["--sample", "topk:20", "--seed", "4"]),
+        ("b", ["--sample", "topk:20", "--seed", "4"]),
+    ):
         code, out, err = run_main(monkeypatch, capsys, *base, *extra)
         assert code == 0, err
         outs[name] = out

@@ -1,6 +1,7 @@
 """Learning-rate schedules against their definitions: ReduceLROnPlateau on a sequence of validation losses
 (halving exactly when the patience is exceeded, warm-up epochs ignored, the floor held), inverse square root
 per step, constant, and a resumed schedule that carries on where it stopped."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,9 @@ def optimizer(lr: float = 1.0, tensor_lr: bool = False) -> torch.optim.Optimizer
     return torch.optim.Adam([p], lr=torch.tensor(lr) if tensor_lr else lr)
 
 
-def plateau_reference(losses: list[float], lr: float, factor: float, patience: int, min_lr: float,
-                      warmup_epochs: int) -> list[float]:
+def plateau_reference(
+    losses: list[float], lr: float, factor: float, patience: int, min_lr: float, warmup_epochs: int
+) -> list[float]:
     """The plateau rule written out: after the warm-up epochs, an epoch improves on the best loss if it is lower
     by more than the relative threshold 1e-4 (torch's default); once more than `patience` epochs in a row did not
     improve, lr ← max(lr × factor, min_lr) (unless that changes it by less than 1e-8) and the count restarts.
@@ -63,8 +65,9 @@ def test_a_loss_that_falls_every_epoch_never_lowers_the_lr():
     assert sched.lr == 1.0
 
 
-@pytest.mark.parametrize("factor, patience, min_lr, warmup", [(0.5, 0, 0.0, 0), (0.1, 1, 0.02, 0), (0.5, 2, 0.0, 3),
-                                                              (0.7, 3, 1e-3, 1)])
+@pytest.mark.parametrize(
+    "factor, patience, min_lr, warmup", [(0.5, 0, 0.0, 0), (0.1, 1, 0.02, 0), (0.5, 2, 0.0, 3), (0.7, 3, 1e-3, 1)]
+)
 def test_plateau_follows_the_rule(factor, patience, min_lr, warmup):
     g = torch.Generator().manual_seed(patience * 10 + warmup)
     # a noisy falling curve with long plateaus: improvements and stalls of every length
@@ -114,7 +117,7 @@ def test_inverse_sqrt_is_the_formula(warmup):
     cfg = TrainConfig(lr=2e-3, scheduler="inverse_sqrt", warmup_steps=warmup)
     opt = optimizer(2e-3)
     sched = LRSchedule(opt, cfg)
-    assert sched.lr == pytest.approx(2e-3 * min(1 / warmup, warmup ** 0.5))  # set for step 1 already
+    assert sched.lr == pytest.approx(2e-3 * min(1 / warmup, warmup**0.5))  # set for step 1 already
     for step in (1, 2, warmup, warmup + 1, 4 * warmup, 400):
         sched.before_step(step)
         want = 2e-3 * step / warmup if step <= warmup else 2e-3 * (warmup / step) ** 0.5

@@ -1,15 +1,16 @@
 """`mt score`: forced-decoding log-probabilities, checked against the model's own step-by-step distribution,
 against beam search's scores, and by what a memorizing model must prefer; files of unequal length refused."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import run_main
+from trained_tiny import trained_tiny
+
 from mt_cli.data.vocab import BOS, EOS
 from mt_cli.decode import beam_search
 from mt_cli.score import score_ids
-from trained_tiny import trained_tiny
 
 CPU = torch.device("cpu")
 
@@ -61,16 +62,43 @@ def test_the_command_prints_one_line_per_pair(tiny, tmp_path, monkeypatch, capsy
     src, ref = tiny.src[:5] + [""] + tiny.src[5:7], tiny.tgt[:5] + [""] + tiny.tgt[9:11]
     (tmp_path / "src.de").write_text("\n".join(src) + "\n", encoding="utf-8")
     (tmp_path / "ref.en").write_text("\n".join(ref) + "\n", encoding="utf-8")
-    code, out, err = run_main(monkeypatch, capsys, "score", "--checkpoint", str(tiny.path), "-i", "src.de",
-                              "-r", "ref.en", "--device", "cpu", "--chunk-lines", "3")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "score",
+        "--checkpoint",
+        str(tiny.path),
+        "-i",
+        "src.de",
+        "-r",
+        "ref.en",
+        "--device",
+        "cpu",
+        "--chunk-lines",
+        "3",
+    )
     assert code == 0, err
     rows = [tuple(map(float, line.split("\t"))) for line in out.splitlines()]
-    want = score_ids(tiny.model, tiny.codecs["src"].encode(src), tiny.codecs["tgt"].encode(ref), CPU,
-                     tiny.cfg.decode.length_penalty)
+    want = score_ids(
+        tiny.model, tiny.codecs["src"].encode(src), tiny.codecs["tgt"].encode(ref), CPU, tiny.cfg.decode.length_penalty
+    )
     assert [x for r in rows for x in r] == pytest.approx([x for w in want for x in w], abs=1e-4)
     assert all(raw < 0 for _, raw in rows) and rows[0][1] > rows[6][1]  # memorized beats mismatched
-    code, _, err = run_main(monkeypatch, capsys, "score", "--checkpoint", str(tiny.path), "-i", "src.de",
-                            "-r", "ref.en", "--device", "cpu", "-o", "scores.tsv")
+    code, _, err = run_main(
+        monkeypatch,
+        capsys,
+        "score",
+        "--checkpoint",
+        str(tiny.path),
+        "-i",
+        "src.de",
+        "-r",
+        "ref.en",
+        "--device",
+        "cpu",
+        "-o",
+        "scores.tsv",
+    )
     assert code == 0 and (tmp_path / "scores.tsv").read_text() == out
 
 
@@ -79,9 +107,11 @@ def test_files_of_different_lengths_and_overwrites_are_refused(tiny, tmp_path, m
     (tmp_path / "src.de").write_text("\n".join(tiny.src[:4]) + "\n", encoding="utf-8")
     (tmp_path / "ref.en").write_text("\n".join(tiny.tgt[:3]) + "\n", encoding="utf-8")
     base = ["score", "--checkpoint", str(tiny.path), "-i", "src.de", "-r", "ref.en", "--device", "cpu"]
-    for extra, msg in ((["-o", "s.tsv"], "ref.en ends at line 3 but src.de goes on"),
-                       (["-o", "ref.en"], "--output ref.en: is the same file as --reference"),
-                       (["-o", "s.tsv", "--chunk-lines", "0"], "--chunk-lines 0")):
+    for extra, msg in (
+        (["-o", "s.tsv"], "ref.en ends at line 3 but src.de goes on"),
+        (["-o", "ref.en"], "--output ref.en: is the same file as --reference"),
+        (["-o", "s.tsv", "--chunk-lines", "0"], "--chunk-lines 0"),
+    ):
         code, out, err = run_main(monkeypatch, capsys, *base, *extra)
         assert code == 2 and err.count("\n") == 1 and msg in err, err
     assert not (tmp_path / "s.tsv").exists()

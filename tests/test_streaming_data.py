@@ -1,5 +1,6 @@
 """Streaming prepare and training from disk, on real Multi30k slices: the on-disk arrays, workers and chunking,
 cleaning options, refusal of empty or damaged input, and streamed batches equal to device-resident ones."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, run_main
 
 from mt_cli.atomic import OutputError
 from mt_cli.config import DataConfig, load_config
@@ -20,8 +22,6 @@ from mt_cli.data.prepare import corpus_dir, is_prepared, load_corpus, load_manif
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.data.tokenize import SideCodec, normalize
 from mt_cli.data.vocab import SPECIALS
-
-from conftest import TINY, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reliability_support as S  # noqa: E402
@@ -53,6 +53,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 # --- the on-disk format ---------------------------------------------------------------------------------------
 
+
 def test_prepared_arrays_are_plain_npy_files(prepared, real_lines):
     folder = prepared.folder
     for split, info in prepared.manifest["splits"].items():
@@ -66,6 +67,7 @@ def test_prepared_arrays_are_plain_npy_files(prepared, real_lines):
 
 
 # --- workers, chunks, gzip ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("tokenizer", ["spacy", "sentencepiece"])
 def test_workers_and_chunk_size_do_not_change_the_output(tmp_path, pairs, monkeypatch, tokenizer):
@@ -88,11 +90,14 @@ def test_a_gzipped_prefix_corpus_is_found_and_equals_the_plain_one(tmp_path, pai
             (tmp_path / f"{name}.{lang}").write_bytes(text)
             (tmp_path / "gz" / f"{name}.{lang}.gz").write_bytes(gzip.compress(text))
     plain = prepare_corpus(files_config(tmp_path / "p", tmp_path / "train", tmp_path / "valid"), **QUIET)
-    zipped = prepare_corpus(files_config(tmp_path / "z", tmp_path / "gz" / "train", tmp_path / "gz" / "valid"),
-                            **QUIET)
+    zipped = prepare_corpus(files_config(tmp_path / "z", tmp_path / "gz" / "train", tmp_path / "gz" / "valid"), **QUIET)
     assert folder_bytes(plain) == folder_bytes(zipped)
-    assert sorted(Path(f).name for f in load_manifest(zipped)["files_sha256"]) == \
-        ["train.de.gz", "train.en.gz", "valid.de.gz", "valid.en.gz"]
+    assert sorted(Path(f).name for f in load_manifest(zipped)["files_sha256"]) == [
+        "train.de.gz",
+        "train.en.gz",
+        "valid.de.gz",
+        "valid.en.gz",
+    ]
 
 
 def test_crlf_byte_order_mark_and_a_missing_last_newline(tmp_path, pairs):
@@ -106,11 +111,15 @@ def test_crlf_byte_order_mark_and_a_missing_last_newline(tmp_path, pairs):
 
 # --- cleaning -------------------------------------------------------------------------------------------------
 
+
 def test_cleaning_options_drop_and_count_training_pairs_only(tmp_path, pairs):
     base = pairs[:200]
-    extra = [base[3], (base[5][0].upper(), base[5][1]),  # a repeat; and one again after lowercasing
-             ("Hallo Welt.", "Hallo  Welt."),  # identical sides once normalized
-             ("Ein Hund.", " ".join(["A", "big", "dog"] * 10) + ".")]  # a 32:4 token ratio
+    extra = [
+        base[3],
+        (base[5][0].upper(), base[5][1]),  # a repeat; and one again after lowercasing
+        ("Hallo Welt.", "Hallo  Welt."),  # identical sides once normalized
+        ("Ein Hund.", " ".join(["A", "big", "dog"] * 10) + "."),
+    ]  # a 32:4 token ratio
     train = write_tsv(tmp_path / "train.tsv", base + extra)
     valid = write_tsv(tmp_path / "valid.tsv", extra)
     cfg = files_config(tmp_path / "d", train, valid, dedup=True, drop_identical=True, max_ratio=3.0)
@@ -123,8 +132,15 @@ def test_cleaning_options_drop_and_count_training_pairs_only(tmp_path, pairs):
     for s, t in base + extra:
         key = (normalize(s, True), normalize(t, True))
         n_src, n_tgt = len(src_codec.encode([s])[0]), len(tgt_codec.encode([t])[0])
-        reason = ("ratio" if max(n_src, n_tgt) > 3.0 * min(n_src, n_tgt) else "identical" if key[0] == key[1]
-                  else "duplicate" if key in seen else None)
+        reason = (
+            "ratio"
+            if max(n_src, n_tgt) > 3.0 * min(n_src, n_tgt)
+            else "identical"
+            if key[0] == key[1]
+            else "duplicate"
+            if key in seen
+            else None
+        )
         if reason:
             skipped[reason] += 1
             continue
@@ -139,8 +155,11 @@ def test_cleaning_options_drop_and_count_training_pairs_only(tmp_path, pairs):
 def test_cleaning_defaults_keep_the_fingerprint_of_earlier_versions():
     # the value mt_cli 0.x gave configs/tiny.yaml's data section before the cleaning keys existed
     assert load_config(TINY).data.fingerprint().startswith("dc14a8")
-    assert DataConfig(dedup=True).fingerprint() != DataConfig().fingerprint() == \
-        DataConfig(resident_max_mb=0).fingerprint()
+    assert (
+        DataConfig(dedup=True).fingerprint()
+        != DataConfig().fingerprint()
+        == DataConfig(resident_max_mb=0).fingerprint()
+    )
 
 
 def test_digest_set_reports_exactly_the_first_occurrences():
@@ -158,6 +177,7 @@ def test_digest_set_reports_exactly_the_first_occurrences():
 
 
 # --- sentencepiece ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sp_type", ["bpe", "unigram"])
 def test_word_by_word_sentencepiece_ids_equal_whole_text_encoding(real_lines, sp_type):
@@ -183,12 +203,16 @@ def test_sentencepiece_trains_on_a_bounded_sample_reproducibly(tmp_path, pairs):
 
 # --- bad input: one line, nothing left behind -------------------------------------------------------------------
 
+
 def test_empty_or_useless_training_and_validation_data_is_refused(tmp_path, pairs):
     good = write_tsv(tmp_path / "good.tsv", pairs[:30])
     (tmp_path / "empty.tsv").write_text("", encoding="utf-8")
     long_only = write_tsv(tmp_path / "long.tsv", [(" ".join(["Hund"] * 300), "A dog.")] * 3)
-    cases = [(tmp_path / "empty.tsv", good, "empty.tsv: empty"), (good, tmp_path / "empty.tsv", "empty.tsv: empty"),
-             (long_only, good, "long.tsv: no usable training pairs: all 3 were skipped")]
+    cases = [
+        (tmp_path / "empty.tsv", good, "empty.tsv: empty"),
+        (good, tmp_path / "empty.tsv", "empty.tsv: empty"),
+        (long_only, good, "long.tsv: no usable training pairs: all 3 were skipped"),
+    ]
     for train, valid, msg in cases:
         cfg = files_config(tmp_path / "new" / "data", train, valid)
         with pytest.raises(DataError, match=msg):
@@ -220,13 +244,16 @@ def test_train_refuses_a_prepared_corpus_without_pairs_or_vocabulary(tmp_path):
 def test_a_damaged_gzip_file_names_the_file(tmp_path, multi30k_dir, pairs, monkeypatch, capsys):
     data = bytearray((multi30k_dir / "train.de.gz").read_bytes())
     at = int(len(data) * 0.7)
-    data[at: at + 4] = b"\xff" * 4  # deflate-corrupt: zlib's "Error -3 ... invalid block type"
+    data[at : at + 4] = b"\xff" * 4  # deflate-corrupt: zlib's "Error -3 ... invalid block type"
     (tmp_path / "train.de.gz").write_bytes(bytes(data))
     (tmp_path / "train.en.gz").write_bytes((multi30k_dir / "train.en.gz").read_bytes())
     write_tsv(tmp_path / "valid.tsv", pairs[:10])
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{corpus: files, root: {tmp_path / 'data'}, train: {tmp_path / 'train'}, "
-                   f"valid: {tmp_path / 'valid.tsv'}}}\n", encoding="utf-8")
+    cfg.write_text(
+        f"data: {{corpus: files, root: {tmp_path / 'data'}, train: {tmp_path / 'train'}, "
+        f"valid: {tmp_path / 'valid.tsv'}}}\n",
+        encoding="utf-8",
+    )
     code, _, err = run_main(monkeypatch, capsys, "prepare", "--config", str(cfg), "--workers", "1")
     last = err.strip().splitlines()[-1]  # (the lines before are the progress log)
     assert code == 2 and last.startswith("error: ") and "Traceback" not in err, err
@@ -254,6 +281,7 @@ def test_a_data_root_with_a_file_in_the_way_is_one_line(tmp_path, pairs):
 
 # --- training from disk: the streamed path ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def both_paths(prepared):
     """Multi30k's training and validation splits, each on the resident and on the streamed path."""
@@ -272,8 +300,10 @@ def test_the_path_is_chosen_by_the_memory_budget(prepared):
 
 
 @pytest.mark.parametrize("name", ["train", "valid"])
-@pytest.mark.parametrize("shuffle,fill,sizes,start", [(True, True, (None, 2000), 0), (True, False, (48, None), 7),
-                                                      (False, False, (None, 700), 3)])
+@pytest.mark.parametrize(
+    "shuffle,fill,sizes,start",
+    [(True, True, (None, 2000), 0), (True, False, (48, None), 7), (False, False, (None, 700), 3)],
+)
 def test_streamed_batches_are_the_resident_batches(both_paths, name, shuffle, fill, sizes, start):
     resident, streamed = both_paths[name]
     plan = batch_plan(resident, *sizes, shuffle=shuffle, seed=5, epoch=2, fill=fill)
@@ -312,8 +342,14 @@ def test_training_on_the_streamed_path_equals_the_resident_path_and_resumes_exac
 
     def run(folder: str, *more: str, resume: bool = False):
         cfg = load_config(corpus, sets + list(more))
-        train(cfg, device="cpu", resume=resume, saved_root=str(tmp_path / folder / "saved"),
-              result_root=str(tmp_path / folder / "result"), log=lambda *_: None)
+        train(
+            cfg,
+            device="cpu",
+            resume=resume,
+            saved_root=str(tmp_path / folder / "saved"),
+            result_root=str(tmp_path / folder / "result"),
+            log=lambda *_: None,
+        )
         return load_checkpoint(tmp_path / folder / "saved" / S.RUN / "last.pt")
 
     resident = run("resident")

@@ -4,6 +4,7 @@ non-finite losses and CUDA OOM are skipped, counted, and stop training with a ch
 The runs use a 240-pair slice of the real Multi30k (22 batches per epoch) and a 0.13M-parameter model,
 in subprocesses with one thread each: on the CPU every step is deterministic, so "resumed == uninterrupted"
 is checked bit for bit (weights, optimizer state, RNG states, metrics, hypotheses), no tolerance."""
+
 from __future__ import annotations
 
 import json
@@ -136,14 +137,20 @@ def test_sigterm_then_ctrl_c_then_sigkill_then_resume_is_bit_identical(corpus, r
 def _train(corpus: Path, tmp_path: Path, *sets: str):
     cfg = load_config(corpus, list(sets))
     logs: list[str] = []
-    return cfg, logs, lambda: train(cfg, device="cpu", saved_root=str(tmp_path / "saved"),
-                                    result_root=str(tmp_path / "result"), log=logs.append)
+    return (
+        cfg,
+        logs,
+        lambda: train(
+            cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"), log=logs.append
+        ),
+    )
 
 
 def test_divergence_skips_nonfinite_updates_then_stops_with_a_checkpoint(corpus, tmp_path):
     # a real cause: Adam with lr 1e9 and no clipping blows the weights up after one step
-    cfg, logs, run = _train(corpus, tmp_path, "train.lr=1e9", "train.clip=0", "train.max_nonfinite=3",
-                            "train.val_bleu=false")
+    cfg, logs, run = _train(
+        corpus, tmp_path, "train.lr=1e9", "train.clip=0", "train.max_nonfinite=3", "train.val_bleu=false"
+    )
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses in a row at step (\d+).*lower train.lr") as e:
         run()
     stop_step = int(re.search(r"at step (\d+)", str(e.value))[1])
@@ -167,8 +174,9 @@ def test_an_isolated_nonfinite_loss_is_skipped_counted_and_training_goes_on(corp
         return (loss * math.inf if calls["n"] == 3 else loss), n
 
     monkeypatch.setattr(steps, "loss_sum", loss_sum)
-    cfg, logs, run = _train(corpus, tmp_path, "train.epochs=1", "train.max_steps=8", "train.val_bleu=false",
-                            "decode.beam_size=1")
+    cfg, logs, run = _train(
+        corpus, tmp_path, "train.epochs=1", "train.max_steps=8", "train.val_bleu=false", "decode.beam_size=1"
+    )
     summary = run()
     assert summary["skipped_updates"] == 1
     rec = S.metrics(tmp_path / "result" / S.RUN)[0]
@@ -187,8 +195,17 @@ def _tiny_stepper(logs):
     torch.manual_seed(0)
     model = build_model(ModelConfig(d_model=16, n_heads=2, enc_layers=1, dec_layers=1, d_ff=32), 20, 20, PAD)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return Stepper(model, opt, list(model.parameters()), device=torch.device("cpu"), amp_dtype=torch.float32,
-                   clip=1.0, label_smoothing=0.0, use_graphs=False, log=logs.append)
+    return Stepper(
+        model,
+        opt,
+        list(model.parameters()),
+        device=torch.device("cpu"),
+        amp_dtype=torch.float32,
+        clip=1.0,
+        label_smoothing=0.0,
+        use_graphs=False,
+        log=logs.append,
+    )
 
 
 def _batch():
@@ -199,14 +216,27 @@ def _batch():
 
 
 def _resume(cfg, tmp_path, logs):
-    return train(cfg, device="cpu", resume=True, saved_root=str(tmp_path / "saved"),
-                 result_root=str(tmp_path / "result"), log=logs.append)
+    return train(
+        cfg,
+        device="cpu",
+        resume=True,
+        saved_root=str(tmp_path / "saved"),
+        result_root=str(tmp_path / "result"),
+        log=logs.append,
+    )
 
 
 def test_resuming_an_early_stopped_run_only_tests_it(corpus, tmp_path):
     """(After a crash in the final test, say.) No further epoch is trained, no metrics line is dropped."""
-    cfg, logs, run = _train(corpus, tmp_path, "train.epochs=6", "train.early_stopping=1", "train.lr=1e-12",
-                            "train.val_bleu=false", "decode.beam_size=1")
+    cfg, logs, run = _train(
+        corpus,
+        tmp_path,
+        "train.epochs=6",
+        "train.early_stopping=1",
+        "train.lr=1e-12",
+        "train.val_bleu=false",
+        "decode.beam_size=1",
+    )
     first = run()
     recs = S.metrics(tmp_path / "result" / S.RUN)
     assert [r["epoch"] for r in recs] == [1, 2] and first["best_epoch"] == 1
@@ -220,8 +250,9 @@ def test_resuming_an_early_stopped_run_only_tests_it(corpus, tmp_path):
 def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corpus, tmp_path):
     """max_steps=30 stops in epoch 2 (22 batches an epoch), after validating it; resuming with the same
     config keeps that validation (line and best epoch); a larger max_steps continues and re-logs epoch 2."""
-    cfg, logs, run = _train(corpus, tmp_path, "train.epochs=3", "train.max_steps=30", "train.val_bleu=false",
-                            "decode.beam_size=1")
+    cfg, logs, run = _train(
+        corpus, tmp_path, "train.epochs=3", "train.max_steps=30", "train.val_bleu=false", "decode.beam_size=1"
+    )
     first = run()
     recs = S.metrics(tmp_path / "result" / S.RUN)
     assert [r["epoch"] for r in recs] == [1, 2] and first["best_epoch"] == 2
@@ -230,8 +261,7 @@ def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corp
     again = _resume(cfg, tmp_path, logs)
     assert S.metrics(tmp_path / "result" / S.RUN) == recs and again["best_epoch"] == 2
     assert config_json.stat().st_mtime_ns == started  # same config: not rewritten (`mt runs` orders by it)
-    longer = load_config(corpus, ["train.epochs=3", "train.max_steps=50", "train.val_bleu=false",
-                                  "decode.beam_size=1"])
+    longer = load_config(corpus, ["train.epochs=3", "train.max_steps=50", "train.val_bleu=false", "decode.beam_size=1"])
     _resume(longer, tmp_path, logs)
     recs = S.metrics(tmp_path / "result" / S.RUN)
     assert [r["epoch"] for r in recs] == [1, 2, 3] and recs[1]["steps"] == 22  # epoch 2 again, now whole
@@ -239,8 +269,7 @@ def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corp
 
 def test_a_max_steps_stop_continued_with_more_steps_equals_an_uninterrupted_run(corpus, tmp_path):
     """The stopped epoch's validation must not count twice: early stopping after epoch 3 either way."""
-    sets = ["train.epochs=4", "train.early_stopping=2", "train.lr=1e-12", "train.val_bleu=false",
-            "decode.beam_size=1"]
+    sets = ["train.epochs=4", "train.early_stopping=2", "train.lr=1e-12", "train.val_bleu=false", "decode.beam_size=1"]
     whole = _train(corpus, tmp_path / "a", *sets)[2]()
     cfg, logs, run = _train(corpus, tmp_path / "b", *sets, "train.max_steps=30")
     run()
@@ -269,12 +298,12 @@ def test_fp16_loss_scale_back_off_is_not_divergence():
 
     stepper = _tiny_stepper([])
     stepper.amp_dtype = torch.float16
-    stepper.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)
+    stepper.scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)
     b = _batch()
     for _ in range(30):
         stepper(b)
         assert int(stepper.acc[BAD_RUN]) == 0 and int(stepper.acc[SKIPPED]) == 0
-    assert scaler.get_scale() < 2.0 ** 50  # it did back off, step after step
+    assert scaler.get_scale() < 2.0**50  # it did back off, step after step
     stepper.model.generator.bias.data.fill_(math.nan)
     stepper(b)
     assert int(stepper.acc[BAD_RUN]) == 1

@@ -1,6 +1,7 @@
 """The pieces of mt_cli/training/ driven directly: the saved state round-trips, the Checkpointer writes
 last.pt/best.pt/epoch_*.pt in order, the best-metric and stop decisions, the LR schedule steps on the
 validation loss, and a run that fails before its first checkpoint leaves no folders behind."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,34 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def test_run_state_round_trips_and_reads_older_progress():
-    state = RunState(epoch=3, step=57, position=4, best=2.5, best_epoch=2, bad_epochs=1, elapsed=12.5, skipped=2,
-                     world=2, validated=BestSoFar(2.25, 3, 0))
+    state = RunState(
+        epoch=3,
+        step=57,
+        position=4,
+        best=2.5,
+        best_epoch=2,
+        bad_epochs=1,
+        elapsed=12.5,
+        skipped=2,
+        world=2,
+        validated=BestSoFar(2.25, 3, 0),
+    )
     assert RunState.from_dict(state.to_dict()) == state
     plain = RunState(epoch=2, step=9)
     assert "validated" not in plain.to_dict() and RunState.from_dict(plain.to_dict()) == plain
     # a progress dict of an older version: fewer keys, and one this version does not know
-    old = RunState.from_dict({"epoch": 4, "step": 80, "position": 0, "best": 1.5, "best_epoch": 3, "bad_epochs": 0,
-                              "elapsed": 3.0, "some_old_key": 1})
+    old = RunState.from_dict(
+        {
+            "epoch": 4,
+            "step": 80,
+            "position": 0,
+            "best": 1.5,
+            "best_epoch": 3,
+            "bad_epochs": 0,
+            "elapsed": 3.0,
+            "some_old_key": 1,
+        }
+    )
     assert (old.epoch, old.step, old.skipped, old.world, old.validated) == (4, 80, 0, 1, None)
 
 
@@ -68,14 +89,26 @@ def _trainer(corpus: Path, tmp_path: Path, writer: Writer, *sets: str) -> Traine
     saved.mkdir(parents=True)
     result.mkdir(parents=True)
     ctx = RunContext(cfg, dev, 0, 1, saved, result, "mt train --resume", lambda *_: None)
-    return Trainer(ctx, parts, codecs, train_split, valid_split, [], RunState(), Signals(), writer,
-                   lambda *_: None)
+    return Trainer(ctx, parts, codecs, train_split, valid_split, [], RunState(), Signals(), writer, lambda *_: None)
 
 
 def _record(epoch: int, val_loss: float) -> EpochRecord:
-    return EpochRecord(epoch=epoch, step=10 * epoch, train_loss=4.0, val_loss=val_loss, val_ppl=math.exp(val_loss),
-                       val_bleu=None, lr=1e-3, seconds=1.0, val_seconds=0.1, tokens_per_s=1, tgt_tokens_per_s=1,
-                       elapsed=float(epoch), steps=10, skipped=0)
+    return EpochRecord(
+        epoch=epoch,
+        step=10 * epoch,
+        train_loss=4.0,
+        val_loss=val_loss,
+        val_ppl=math.exp(val_loss),
+        val_bleu=None,
+        lr=1e-3,
+        seconds=1.0,
+        val_seconds=0.1,
+        tokens_per_s=1,
+        tgt_tokens_per_s=1,
+        elapsed=float(epoch),
+        steps=10,
+        skipped=0,
+    )
 
 
 def test_best_metric_and_early_stopping_decisions(corpus, tmp_path):
@@ -87,8 +120,13 @@ def test_best_metric_and_early_stopping_decisions(corpus, tmp_path):
             improved = trainer.update_best(_record(epoch, loss))
             decisions.append((improved, trainer.should_stop(epoch, whole)))
     # a tie (2.0 again) is no improvement; the second epoch in a row without one stops the run
-    assert decisions == [(True, None), (True, None), (False, None), (False, StopReason.EARLY_STOPPING),
-                         (False, StopReason.EARLY_STOPPING)]
+    assert decisions == [
+        (True, None),
+        (True, None),
+        (False, None),
+        (False, StopReason.EARLY_STOPPING),
+        (False, StopReason.EARLY_STOPPING),
+    ]
     assert trainer.state.best_so_far == BestSoFar(2.0, 2, 3)
 
 
@@ -178,8 +216,16 @@ def test_two_accumulated_batches_make_the_same_update_as_one_batch_of_both(corpu
     for batch in (whole, halves):
         model = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), torch.device("cpu")).model
         params = list(model.parameters())
-        stepper = Stepper(model, torch.optim.SGD(params, lr=1.0), params, device=torch.device("cpu"),
-                          amp_dtype=torch.float32, clip=0.0, label_smoothing=0.1, use_graphs=False)
+        stepper = Stepper(
+            model,
+            torch.optim.SGD(params, lr=1.0),
+            params,
+            device=torch.device("cpu"),
+            amp_dtype=torch.float32,
+            clip=0.0,
+            label_smoothing=0.1,
+            use_graphs=False,
+        )
         stepper(batch)
         models.append(model)
         steppers.append(stepper)
@@ -194,10 +240,17 @@ def test_two_accumulated_batches_make_the_same_update_as_one_batch_of_both(corpu
 def test_a_run_with_accumulation_counts_updates_as_steps_and_every_token(corpus, tmp_path):
     runs = {}
     for k in (1, 3):
-        cfg = load_config(corpus, ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1",
-                                   f"train.accumulate={k}", "name=acc"])
-        train(cfg, device="cpu", saved_root=str(tmp_path / f"s{k}"), result_root=str(tmp_path / f"r{k}"),
-              log=lambda *_: None)
+        cfg = load_config(
+            corpus,
+            ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1", f"train.accumulate={k}", "name=acc"],
+        )
+        train(
+            cfg,
+            device="cpu",
+            saved_root=str(tmp_path / f"s{k}"),
+            result_root=str(tmp_path / f"r{k}"),
+            log=lambda *_: None,
+        )
         runs[k] = S.metrics(tmp_path / f"r{k}" / "acc")[0]
     assert runs[1]["steps"] == 22 and runs[3]["steps"] == 8  # ceil(22 / 3): the last update has one batch
     assert runs[3]["step"] == 8
@@ -208,18 +261,35 @@ def test_a_run_with_accumulation_counts_updates_as_steps_and_every_token(corpus,
     assert progress.n_tgt == int(trainer.train_split.tgt_len.sum()) and trainer.state.step == 8
 
 
-def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_model(corpus, tmp_path, monkeypatch,
-                                                                             capsys):
+def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_model(corpus, tmp_path, monkeypatch, capsys):
     from conftest import run_main
 
     sets = ["train.epochs=1", "train.val_bleu=false", "decode.beam_size=1"]
-    first = train(load_config(corpus, sets), device="cpu", saved_root=str(tmp_path / "saved"),
-                  result_root=str(tmp_path / "result"), log=lambda *_: None)
+    first = train(
+        load_config(corpus, sets),
+        device="cpu",
+        saved_root=str(tmp_path / "saved"),
+        result_root=str(tmp_path / "result"),
+        log=lambda *_: None,
+    )
     best = Path(first["saved"]) / "best.pt"
     # a learning rate too small to move the weights: the new run ends where the checkpoint started it
-    code, out, err = run_main(monkeypatch, capsys, "train", "--config", str(corpus), "--device", "cpu",
-                              "--init-from", str(best), "--saved", str(tmp_path / "saved"), "--result",
-                              str(tmp_path / "result"), *[x for s in sets + ["train.lr=1e-12"] for x in ("--set", s)])
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        str(corpus),
+        "--device",
+        "cpu",
+        "--init-from",
+        str(best),
+        "--saved",
+        str(tmp_path / "saved"),
+        "--result",
+        str(tmp_path / "result"),
+        *[x for s in sets + ["train.lr=1e-12"] for x in ("--set", s)],
+    )
     assert code == 0, err
     assert "starting from the weights of" in err
     tuned = load_checkpoint(tmp_path / "saved" / f"{S.RUN}-2" / "last.pt")
@@ -228,9 +298,23 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_model(c
     assert tuned["config"]["train"]["init_from"] == str(best)
     assert tuned["train_state"]["progress"]["epoch"] == 2  # a run of its own, from epoch 1
     # another model shape: one line naming the key, exit 2, and no new run folder
-    code, out, err = run_main(monkeypatch, capsys, "train", "--config", str(corpus), "--device", "cpu",
-                              "--init-from", str(best), "--set", "model.d_ff=48", "--saved", str(tmp_path / "saved"),
-                              "--result", str(tmp_path / "result"))
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--config",
+        str(corpus),
+        "--device",
+        "cpu",
+        "--init-from",
+        str(best),
+        "--set",
+        "model.d_ff=48",
+        "--saved",
+        str(tmp_path / "saved"),
+        "--result",
+        str(tmp_path / "result"),
+    )
     assert code == 2 and "model.d_ff differs" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [S.RUN, f"{S.RUN}-2"]
 
@@ -250,7 +334,9 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
             assert progress.stopped_at is None and trainer.state.step == 22 * epoch
     lines = [x for x in logs if x.startswith("estimate:")]
     steps_left = 22 * 1000 - 30
-    assert len(lines) == 1 and f"about {steps_left * 0.5 / 3600:.1f} h" in lines[0] and f"{steps_left:,} steps" in lines[0]
+    assert (
+        len(lines) == 1 and f"about {steps_left * 0.5 / 3600:.1f} h" in lines[0] and f"{steps_left:,} steps" in lines[0]
+    )
     assert lines[0].endswith("The run continues.")
     # a run that ends soon says nothing; durations read as people say them
     assert DurationEstimate(40, clock=iter([0.0, 25.0]).__next__, skip=5, measure=25).after_step() is None

@@ -1,6 +1,7 @@
 """`mt translate` with a model that really translates: a tiny model memorizes 48 real Multi30k pairs, so every
 line has its own distinguishable translation. Each line must get its own target back, whatever the order of the
 lines and the empty lines among them, and a lowercased corpus's model must read UPPERCASE input as lowercase."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_main, write_tsv
+
 from mt_cli.config import config_from_dict
 from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import prepare_corpus
@@ -29,14 +30,22 @@ def memorized(tmp_path_factory, real_lines):
     tmp = tmp_path_factory.mktemp("memorized")
     de, en = real_lines("train", "de")[:N_PAIRS], real_lines("train", "en")[:N_PAIRS]
     write_tsv(tmp / "pairs.tsv", de, en)
-    cfg = config_from_dict({
-        "name": "memorized",
-        "data": {"corpus": "files", "root": str(tmp / "data"), "train": str(tmp / "pairs.tsv"),
-                 "valid": str(tmp / "pairs.tsv"), "min_freq": 1, "lowercase": True},
-        "model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 128, "dropout": 0.0},
-        "train": {"lr": 3e-3, "batch_sentences": 16, "max_tokens": None, "cuda_graphs": False},
-        "decode": {"beam_size": 1, "batch_size": 5},  # several decoding batches, sorted by length
-    })
+    cfg = config_from_dict(
+        {
+            "name": "memorized",
+            "data": {
+                "corpus": "files",
+                "root": str(tmp / "data"),
+                "train": str(tmp / "pairs.tsv"),
+                "valid": str(tmp / "pairs.tsv"),
+                "min_freq": 1,
+                "lowercase": True,
+            },
+            "model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 128, "dropout": 0.0},
+            "train": {"lr": 3e-3, "batch_sentences": 16, "max_tokens": None, "cuda_graphs": False},
+            "decode": {"beam_size": 1, "batch_size": 5},  # several decoding batches, sorted by length
+        }
+    )
     folder = prepare_corpus(cfg.data, log=lambda *_: None)
     state = torch.load(folder / "codecs.pt", weights_only=True)
     codecs = {side: SideCodec.from_state(state[side]) for side in ("src", "tgt")}
@@ -59,8 +68,7 @@ def memorized(tmp_path_factory, real_lines):
             if [h[0] for h in translate_lines(model, cfg, codecs, de, CPU, beam_size=1)] == targets:
                 break
     model.eval()
-    return {"model": model, "cfg": cfg, "codecs": codecs, "src": de, "targets": targets, "epochs": epoch,
-            "tmp": tmp}
+    return {"model": model, "cfg": cfg, "codecs": codecs, "src": de, "targets": targets, "epochs": epoch, "tmp": tmp}
 
 
 def test_the_model_translates_distinguishably(memorized):
@@ -76,8 +84,9 @@ def test_each_line_gets_its_own_translation_in_any_order(memorized, beam):
     m = memorized
     expected = m["targets"]
     if beam > 1:
-        expected = [translate_lines(m["model"], m["cfg"], m["codecs"], [s], CPU, beam_size=beam)[0][0]
-                    for s in m["src"]]
+        expected = [
+            translate_lines(m["model"], m["cfg"], m["codecs"], [s], CPU, beam_size=beam)[0][0] for s in m["src"]
+        ]
         assert len(set(expected)) >= N_PAIRS - 4 and sum(e == t for e, t in zip(expected, m["targets"])) >= 40
     order = list(range(N_PAIRS))
     random.Random(beam).shuffle(order)
@@ -117,8 +126,19 @@ def test_mt_translate_cli_keeps_order_and_case(memorized, monkeypatch, capsys):
     lines = [shout(m["src"][i]) if i % 2 else m["src"][i] for i in order]
     lines.insert(5, "")
     (m["tmp"] / "input.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    code, out, err = run_main(monkeypatch, capsys, "translate", "--checkpoint", str(ckpt), "--input",
-                              str(m["tmp"] / "input.de"), "--beam", "1", "--device", "cpu")
+    code, out, err = run_main(
+        monkeypatch,
+        capsys,
+        "translate",
+        "--checkpoint",
+        str(ckpt),
+        "--input",
+        str(m["tmp"] / "input.de"),
+        "--beam",
+        "1",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     want = [m["targets"][i] for i in order]
     want.insert(5, "")

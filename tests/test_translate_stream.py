@@ -1,6 +1,7 @@
 """Streaming `mt translate`: chunked reading with bounded lines, output in input order chunk by chunk (checked
 with a model that has memorized real pairs, so each line has its own translation), stdout written before the
 input ends, and a named output file that is complete or absent."""
+
 from __future__ import annotations
 
 import os
@@ -13,10 +14,10 @@ import time
 
 import pytest
 import torch
+from trained_tiny import trained_tiny
 
 from mt_cli.data.sources import DataError
 from mt_cli.translate import read_chunks, translate_lines, translate_stream
-from trained_tiny import trained_tiny
 
 CPU = torch.device("cpu")
 SAFETY_S = 300  # a guard against hanging forever, not a speed requirement
@@ -56,6 +57,7 @@ def chunks_of(data: bytes, **kw) -> list[list[str]]:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
 
 def test_chunks_keep_every_line_in_order_with_bom_crlf_and_empty_lines():
     data = "\ufeffa\r\nb\n\n  \nc\nd\ne".encode()
@@ -106,11 +108,12 @@ def test_a_chunk_is_yielded_before_the_next_one_is_written():
 
 # --- translating -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("chunk_lines", [1, 3, 7, 1000])
 def test_stream_output_is_each_line_translation_in_order(tiny, memorized, chunk_lines):
     lines, want = mixed_lines(memorized)
     pieces: list[str] = []
-    chunks = (lines[i: i + chunk_lines] for i in range(0, len(lines), chunk_lines))
+    chunks = (lines[i : i + chunk_lines] for i in range(0, len(lines), chunk_lines))
     n = translate_stream(tiny.model, tiny.cfg, tiny.codecs, chunks, pieces.append, CPU, beam_size=1)
     assert n == len(lines)
     assert len(pieces) == -(-len(lines) // chunk_lines)  # one write per chunk
@@ -121,7 +124,7 @@ def test_nbest_and_beam_do_not_depend_on_the_chunking(tiny, memorized):
     lines, _ = mixed_lines(memorized, 12)
     whole = translate_lines(tiny.model, tiny.cfg, tiny.codecs, lines, CPU, beam_size=3, nbest=2)
     pieces: list[str] = []
-    chunks = (lines[i: i + 5] for i in range(0, len(lines), 5))
+    chunks = (lines[i : i + 5] for i in range(0, len(lines), 5))
     translate_stream(tiny.model, tiny.cfg, tiny.codecs, chunks, pieces.append, CPU, beam_size=3, nbest=2)
     rows = "".join(pieces).split("\n")[:-1]
     assert rows == ["\t".join(h) for h in whole]
@@ -131,8 +134,16 @@ def test_nbest_and_beam_do_not_depend_on_the_chunking(tiny, memorized):
 def test_attention_items_carry_file_line_numbers(tiny, memorized):
     lines, want = mixed_lines(memorized, 6)
     seen: list = []
-    translate_stream(tiny.model, tiny.cfg, tiny.codecs, (lines[i: i + 4] for i in range(0, len(lines), 4)),
-                     lambda text: None, CPU, beam_size=1, on_chunk=seen.extend)
+    translate_stream(
+        tiny.model,
+        tiny.cfg,
+        tiny.codecs,
+        (lines[i : i + 4] for i in range(0, len(lines), 4)),
+        lambda text: None,
+        CPU,
+        beam_size=1,
+        on_chunk=seen.extend,
+    )
     assert [n for n, _, _ in seen] == [i + 1 for i, line in enumerate(lines) if line.strip()]
     for n, src_ids, hyp_ids in seen:
         assert src_ids == tiny.codecs["src"].encode([lines[n - 1]])[0]
@@ -141,22 +152,31 @@ def test_attention_items_carry_file_line_numbers(tiny, memorized):
 
 # --- the command -------------------------------------------------------------------------------
 
+
 def mt_process(*args, cwd, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mt_cli", *map(str, args)], cwd=cwd, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mt_cli", *map(str, args)],
+        cwd=cwd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def line_reader(stream):
     """Lines of `stream` as they arrive, read on a thread; get(timeout) never waits forever."""
     lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(stream.readline, b"")] + [lines.put(b"")],
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: [lines.put(x) for x in iter(stream.readline, b"")] + [lines.put(b"")], daemon=True
+    ).start()
     return lambda: lines.get(timeout=SAFETY_S)
 
 
 def test_stdout_gets_each_chunk_before_the_input_ends(tiny, memorized, tmp_path):
-    p = mt_process("translate", "--checkpoint", tiny.path, "--device", "cpu", "--beam", "1", "--chunk-lines", 2,
-                   cwd=tmp_path)
+    p = mt_process(
+        "translate", "--checkpoint", tiny.path, "--device", "cpu", "--beam", "1", "--chunk-lines", 2, cwd=tmp_path
+    )
     try:
         (a, ta), (b, tb), (c, tc) = memorized[:3]
         p.stdin.write(f"{a}\n{b}\n".encode())
@@ -177,9 +197,28 @@ def test_a_failed_run_leaves_no_output_file(tiny, memorized, tmp_path):
     (tmp_path / "in.de").write_bytes("".join(f"{s}\n" for s, _ in memorized[:4]).encode() + b"bad \xff\n")
     (tmp_path / "old.en").write_text("keep me\n")
     for out in ("new.en", "old.en"):
-        p = subprocess.run([sys.executable, "-m", "mt_cli", "translate", "--checkpoint", str(tiny.path), "-i",
-                            "in.de", "-o", out, "--device", "cpu", "--chunk-lines", "2"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=SAFETY_S)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mt_cli",
+                "translate",
+                "--checkpoint",
+                str(tiny.path),
+                "-i",
+                "in.de",
+                "-o",
+                out,
+                "--device",
+                "cpu",
+                "--chunk-lines",
+                "2",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=SAFETY_S,
+        )
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
         assert p.stderr.strip().splitlines()[-1] == "error: in.de:5: invalid UTF-8 at byte 4; convert the text to UTF-8"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["in.de", "old.en"]  # no new.en, no temporary file
@@ -187,8 +226,9 @@ def test_a_failed_run_leaves_no_output_file(tiny, memorized, tmp_path):
 
 
 def test_sigterm_leaves_no_torn_output_file(tiny, memorized, tmp_path):
-    p = mt_process("translate", "--checkpoint", tiny.path, "--device", "cpu", "-o", "out.en", "--chunk-lines", 1,
-                   cwd=tmp_path)
+    p = mt_process(
+        "translate", "--checkpoint", tiny.path, "--device", "cpu", "-o", "out.en", "--chunk-lines", 1, cwd=tmp_path
+    )
     try:
         p.stdin.write(f"{memorized[0][0]}\n{memorized[1][0]}\n".encode())
         p.stdin.flush()
@@ -208,9 +248,18 @@ def test_sigterm_leaves_no_torn_output_file(tiny, memorized, tmp_path):
 
 
 def test_bad_options_exit_2_before_the_model_loads(tiny, tmp_path):
-    for args, msg in ((["--chunk-lines", "0"], "--chunk-lines 0"), (["--sample", "topk:0"], "--sample topk:0"),
-                      (["--sample", "topk:2", "--beam", "3"], "takes no --beam"),
-                      (["-i", "missing.de"], "missing.de: file not found")):
-        p = subprocess.run([sys.executable, "-m", "mt_cli", "translate", "--checkpoint", str(tiny.path), *args],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=SAFETY_S, input="")
+    for args, msg in (
+        (["--chunk-lines", "0"], "--chunk-lines 0"),
+        (["--sample", "topk:0"], "--sample topk:0"),
+        (["--sample", "topk:2", "--beam", "3"], "takes no --beam"),
+        (["-i", "missing.de"], "missing.de: file not found"),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "mt_cli", "translate", "--checkpoint", str(tiny.path), *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=SAFETY_S,
+            input="",
+        )
         assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and msg in p.stderr, p.stderr

@@ -1,5 +1,6 @@
 """The background writer: jobs run in order off the calling thread, at most max_pending wait, and a write
 error (a full disk) reaches the training thread as the usual one-line OutputError; snapshots are copies."""
+
 from __future__ import annotations
 
 import sys

@@ -1,6 +1,7 @@
 """A tiny model that has memorized 48 real Multi30k pairs, so its translations differ from line to line
 (an untrained model says the same words to everything, which hides order bugs). Trained once per process
 with a plain teacher-forced loop (independent of mt train), saved as a real checkpoint."""
+
 from __future__ import annotations
 
 import atexit
@@ -44,14 +45,28 @@ def trained_tiny(real_lines, norm: str = "pre", steps: int = 400) -> SimpleNames
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     src, tgt = real_lines("train", "de")[:N_PAIRS], real_lines("train", "en")[:N_PAIRS]
     (tmp / "pairs.tsv").write_text("".join(f"{s}\t{t}\n" for s, t in zip(src, tgt)), encoding="utf-8")
-    cfg = config_from_dict({
-        "name": f"tiny-{norm}",
-        "data": {"corpus": "files", "root": str(tmp / "data"), "train": str(tmp / "pairs.tsv"),
-                 "valid": str(tmp / "pairs.tsv"), "min_freq": 1},
-        "model": {"d_model": 64, "n_heads": 4, "enc_layers": 2, "dec_layers": 2, "d_ff": 128, "dropout": 0.0,
-                  "norm": norm},
-        "decode": {"beam_size": 4, "batch_size": 16},
-    })
+    cfg = config_from_dict(
+        {
+            "name": f"tiny-{norm}",
+            "data": {
+                "corpus": "files",
+                "root": str(tmp / "data"),
+                "train": str(tmp / "pairs.tsv"),
+                "valid": str(tmp / "pairs.tsv"),
+                "min_freq": 1,
+            },
+            "model": {
+                "d_model": 64,
+                "n_heads": 4,
+                "enc_layers": 2,
+                "dec_layers": 2,
+                "d_ff": 128,
+                "dropout": 0.0,
+                "norm": norm,
+            },
+            "decode": {"beam_size": 4, "batch_size": 16},
+        }
+    )
     folder = prepare_corpus(cfg.data, log=lambda m: None)
     state = torch.load(folder / "codecs.pt", weights_only=True)
     codecs = {side: SideCodec.from_state(state[side]) for side in ("src", "tgt")}
@@ -70,6 +85,7 @@ def trained_tiny(real_lines, norm: str = "pre", steps: int = 400) -> SimpleNames
     path = tmp / "tiny.pt"
     save_checkpoint(path, model=model, cfg=cfg, codecs=codecs, epoch=1, step=steps)
     greedy = [codecs["tgt"].decode(h) for h in greedy_search(model, s, cfg.decode.max_len_a, cfg.decode.max_len_b)]
-    _CACHE[key] = SimpleNamespace(path=path, model=model, cfg=cfg, codecs=codecs, src=src, tgt=tgt, greedy=greedy,
-                                  tmp=tmp, loss=loss.item())
+    _CACHE[key] = SimpleNamespace(
+        path=path, model=model, cfg=cfg, codecs=codecs, src=src, tgt=tgt, greedy=greedy, tmp=tmp, loss=loss.item()
+    )
     return _CACHE[key]

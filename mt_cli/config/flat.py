@@ -1,4 +1,5 @@
 """Nested config dicts as flat dotted keys (what resume checks and `mt runs` compare)."""
+
 from __future__ import annotations
 
 

@@ -1,5 +1,6 @@
 """Loading a config: YAML (safe, bounded, exponent floats, no duplicate keys) + `--set` overrides → a
 validated Config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,7 @@ from typing import Literal
 import yaml
 
 from mt_cli.config.schema import MAX_INT, Config, ConfigError, _check, _check_folder_name
-from mt_cli.safe_parse import (MAX_YAML_BYTES, BoundedYamlLoader, ParseError, check_bounded, read_text, short,
-                               short_key)
+from mt_cli.safe_parse import MAX_YAML_BYTES, BoundedYamlLoader, ParseError, check_bounded, read_text, short, short_key
 
 ECHO_PATH = 200  # characters of a file name or `--set` item that an error message repeats
 
@@ -37,10 +37,12 @@ def _no_duplicate_keys(loader, node, deep=False):
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                        lambda loader, node: _no_duplicate_keys(loader, node, deep=True))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                              list("-+0123456789."))
+_Loader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, lambda loader, node: _no_duplicate_keys(loader, node, deep=True)
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789.")
+)
 
 
 def _yaml(text: str, where: str, invalid: str = "not valid YAML"):
@@ -94,8 +96,11 @@ def _coerce(value, tp, key: str):
         _check(abs(value) <= MAX_INT, key, f"must be at most {MAX_INT:.0e} in size, got {short(value)}")
         return value
     if tp is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"must be a number, got {short(value)}")
+        _check(
+            isinstance(value, (int, float)) and not isinstance(value, bool),
+            key,
+            f"must be a number, got {short(value)}",
+        )
         number = _to_float(value)
         _check(math.isfinite(number), key, f"must be a finite number, got {short(value)}")  # .inf/.nan break training
         return number

@@ -1,4 +1,5 @@
 """The experiment configuration: typed dataclasses with their validation (loading is in config.load)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ class ConfigError(ValueError):
     """A config problem, reported to users as one line naming the key (and file)."""
 
 
-MAX_INT = 10 ** 12  # any integer key: larger is a typo (or hostile), and would fail deep inside torch
+MAX_INT = 10**12  # any integer key: larger is a typo (or hostile), and would fail deep inside torch
 MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; runs may add -2, -3, …
 MAX_LR = 1e9  # a ceiling against typos only: absurd but finite rates are how the divergence handling is tested
@@ -31,22 +32,39 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise e
 
 
-def _check_float(value: float, key: str, low: float, high: float | None = None, *, low_open: bool = False,
-                 high_open: bool = False, high_name: str = "") -> None:
+def _check_float(
+    value: float,
+    key: str,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    high_name: str = "",
+) -> None:
     """A float key: finite and in its range (the README's config table states each range)."""
     above = value > low if low_open else value >= low
     below = high is None or (value < high if high_open else value <= high)
     upper = "inf)" if high is None else f"{high_name or f'{high:g}'}{')' if high_open else ']'}"
-    _check(math.isfinite(value) and above and below, key,
-           f"must be a finite number in {'(' if low_open else '['}{low:g}, {upper}, got {short(value)}")
+    _check(
+        math.isfinite(value) and above and below,
+        key,
+        f"must be a finite number in {'(' if low_open else '['}{low:g}, {upper}, got {short(value)}",
+    )
 
 
 def _check_folder_name(name: str | None, key: str) -> None:
     """Run and corpus names become folder names: one plain path component, short enough for any file system."""
-    _check(name is None or (bool(re.fullmatch(r"[\w.+=-]+", name)) and not name.startswith(".")), key,
-           f"{short(name)} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)")
-    _check(name is None or len(name.encode("utf-8")) <= MAX_NAME_BYTES, key,
-           f"{short(name)} is too long for a folder name (at most {MAX_NAME_BYTES} bytes)")
+    _check(
+        name is None or (bool(re.fullmatch(r"[\w.+=-]+", name)) and not name.startswith(".")),
+        key,
+        f"{short(name)} must be a plain folder name (letters, digits, . _ - + =; no / and not starting with .)",
+    )
+    _check(
+        name is None or len(name.encode("utf-8")) <= MAX_NAME_BYTES,
+        key,
+        f"{short(name)} is too long for a folder name (at most {MAX_NAME_BYTES} bytes)",
+    )
 
 
 @dataclass
@@ -77,19 +95,28 @@ class DataConfig:
         langs = ("de", "en", "fr", "cs")
         if self.corpus == "multi30k":
             for k in ("src_lang", "tgt_lang"):
-                _check(getattr(self, k) in langs, f"data.{k}",
-                       f"Multi30k has {', '.join(langs)}, not {short(getattr(self, k))}")
+                _check(
+                    getattr(self, k) in langs,
+                    f"data.{k}",
+                    f"Multi30k has {', '.join(langs)}, not {short(getattr(self, k))}",
+                )
         else:
-            _check(bool(self.train) and bool(self.valid), "data.train",
-                   "corpus 'files' needs data.train and data.valid (a TSV file or a 'prefix' with .<lang> files)")
+            _check(
+                bool(self.train) and bool(self.valid),
+                "data.train",
+                "corpus 'files' needs data.train and data.valid (a TSV file or a 'prefix' with .<lang> files)",
+            )
         _check(self.src_lang != self.tgt_lang, "data.tgt_lang", "must differ from data.src_lang")
         _check(self.min_freq >= 1, "data.min_freq", "must be >= 1")
         _check(self.max_size is None or self.max_size >= 1, "data.max_size", "must be >= 1 or null")
         _check(8 <= self.max_len <= 4096, "data.max_len", "must be in [8, 4096]")
         _check(100 <= self.sp_vocab_size <= 100_000, "data.sp_vocab_size", "must be in [100, 100000]")
         _check(1000 <= self.sp_sample <= 100_000_000, "data.sp_sample", "must be in [1000, 100000000]")
-        _check(self.max_ratio is None or 1.0 <= self.max_ratio <= 1000.0, "data.max_ratio",
-               "must be a number in [1, 1000] or null")
+        _check(
+            self.max_ratio is None or 1.0 <= self.max_ratio <= 1000.0,
+            "data.max_ratio",
+            "must be a number in [1, 1000] or null",
+        )
         _check(self.resident_max_mb >= 0, "data.resident_max_mb", "must be >= 0 (0: always stream)")
 
     @property
@@ -98,8 +125,13 @@ class DataConfig:
         configs that differ in any data setting never overwrite each other's corpus."""
         if self.name:
             return self.name
-        tok = "word" if self.tokenizer == "spacy" else f"{self.sp_type}{self.sp_vocab_size}{'j' if self.joint_vocab else ''}"
-        return f"{self.corpus}_{self.src_lang}_{self.tgt_lang}.{tok}{'.lc' if self.lowercase else ''}.{self.fingerprint()[:6]}"
+        tok = (
+            "word"
+            if self.tokenizer == "spacy"
+            else f"{self.sp_type}{self.sp_vocab_size}{'j' if self.joint_vocab else ''}"
+        )
+        case = ".lc" if self.lowercase else ""
+        return f"{self.corpus}_{self.src_lang}_{self.tgt_lang}.{tok}{case}.{self.fingerprint()[:6]}"
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the prepared corpus."""
@@ -107,7 +139,7 @@ class DataConfig:
         d.pop("root")
         d.pop("resident_max_mb")  # how training reads the corpus, not what it holds
         for k in ("sp_sample", "max_ratio", "dedup", "drop_identical"):  # newer keys: at their default, corpora
-            if d[k] == getattr(DataConfig, k):                           # keep the fingerprint they had before
+            if d[k] == getattr(DataConfig, k):  # keep the fingerprint they had before
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -130,8 +162,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check(8 <= self.d_model <= 65536, "model.d_model", "must be in [8, 65536]")
-        _check(1 <= self.n_heads <= self.d_model and self.d_model % self.n_heads == 0, "model.n_heads",
-               f"must divide model.d_model ({self.d_model})")
+        _check(
+            1 <= self.n_heads <= self.d_model and self.d_model % self.n_heads == 0,
+            "model.n_heads",
+            f"must divide model.d_model ({self.d_model})",
+        )
         # sizes far beyond any Transformer that fits in memory: refused here rather than by the allocator
         for k, high in (("enc_layers", 256), ("dec_layers", 256), ("d_ff", 262144), ("max_positions", 1 << 20)):
             _check(1 <= getattr(self, k) <= high, f"model.{k}", f"must be in [1, {high}]")
@@ -178,8 +213,11 @@ class TrainConfig:
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or null")
-        _check(self.batch_sentences is not None or self.max_tokens is not None, "train.max_tokens",
-               "set train.max_tokens or train.batch_sentences")
+        _check(
+            self.batch_sentences is not None or self.max_tokens is not None,
+            "train.max_tokens",
+            "set train.max_tokens or train.batch_sentences",
+        )
         _check(self.batch_sentences is None or self.batch_sentences >= 1, "train.batch_sentences", "must be >= 1")
         _check(self.max_tokens is None or self.max_tokens >= 16, "train.max_tokens", "must be >= 16")
         _check(1 <= self.bucket_width <= 256, "train.bucket_width", "must be in [1, 256]")
@@ -200,9 +238,12 @@ class TrainConfig:
         _check(self.save_every >= 0, "train.save_every", "must be >= 0 (0: save last.pt only at epoch ends)")
         _check(self.early_stopping is None or self.early_stopping >= 1, "train.early_stopping", "must be >= 1 or null")
         _check(1 <= self.val_beam_size <= MAX_BEAM, "train.val_beam_size", f"must be in [1, {MAX_BEAM}]")
-        _check(0 <= self.seed < 2 ** 32, "train.seed", "must be in [0, 2**32)")
-        _check(self.val_bleu or self.best_metric != "val_bleu", "train.best_metric",
-               "val_bleu needs train.val_bleu: true (or choose val_loss)")
+        _check(0 <= self.seed < 2**32, "train.seed", "must be in [0, 2**32)")
+        _check(
+            self.val_bleu or self.best_metric != "val_bleu",
+            "train.best_metric",
+            "val_bleu needs train.val_bleu: true (or choose val_loss)",
+        )
         _check(self.max_nonfinite >= 1, "train.max_nonfinite", "must be >= 1")
         _check(self.max_oom >= 1, "train.max_oom", "must be >= 1")
 
@@ -245,8 +286,11 @@ class Config:
         if self.data.joint_vocab:
             _check(self.data.tokenizer == "sentencepiece", "data.joint_vocab", "needs data.tokenizer: sentencepiece")
         if self.model.positional == "learned":
-            _check(self.model.max_positions >= self.data.max_len + 2, "model.max_positions",
-                   f"learned positions must cover data.max_len + 2 (<bos>/<eos>) = {self.data.max_len + 2}")
+            _check(
+                self.model.max_positions >= self.data.max_len + 2,
+                "model.max_positions",
+                f"learned positions must cover data.max_len + 2 (<bos>/<eos>) = {self.data.max_len + 2}",
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

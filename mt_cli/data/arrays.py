@@ -1,5 +1,6 @@
 """The on-disk form of a prepared split: per side one flat token array and an int64 offsets array, as .npy
 files (memory-mappable, no pickle). Row i of a side is tokens[offsets[i]:offsets[i + 1]]."""
+
 from __future__ import annotations
 
 import mmap
@@ -107,7 +108,7 @@ class MappedArray:
             raise DataError(f"{path}: missing; run `mt prepare` again") from None
         if self._map is not None and hasattr(mmap, "MADV_RANDOM"):  # batches read scattered rows: no read-ahead
             self._map.madvise(mmap.MADV_RANDOM)
-        self.array = (np.frombuffer(self._map, self.dtype, self.n, start) if self.n else np.zeros(0, self.dtype))
+        self.array = np.frombuffer(self._map, self.dtype, self.n, start) if self.n else np.zeros(0, self.dtype)
 
     def release(self) -> None:
         if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
@@ -141,11 +142,11 @@ def row_lengths(path: Path, chunk: int = 1 << 20) -> np.ndarray:
     """Row lengths of one side: int16 when they fit with room for <eos> and bucket rounding, else int32.
     Two passes, so that only the result is held."""
     n, longest = 0, 0
-    for n, lens in _length_blocks(path, chunk):
+    for n, lens in _length_blocks(path, chunk):  # noqa: B007 - n: the row count, the same in every block
         longest = max(longest, int(lens.max()))
     out = np.empty(n, np.int16 if longest < 30_000 else np.int32)
     at = 0
     for _, lens in _length_blocks(path, chunk):
-        out[at: at + len(lens)] = lens
+        out[at : at + len(lens)] = lens
         at += len(lens)
     return out

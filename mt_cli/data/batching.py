@@ -1,5 +1,6 @@
 """Length-bucketed batches of fixed shapes over a prepared Split: the plan (a function of seed and epoch, from
 the lengths alone), its shards, and the batches themselves, from device-resident matrices or streamed."""
+
 from __future__ import annotations
 
 import math
@@ -14,17 +15,17 @@ from mt_cli.data.split import Split
 
 __all__ = ["Batch", "Plan", "Split", "batch_plan", "iterate", "shard"]
 
-PREFETCH = 4         # streamed batches built ahead of the training step (a background thread)
-RELEASE_EVERY = 4    # streamed batches between drops of the mapped pages read (each row read maps ~64 KB)
+PREFETCH = 4  # streamed batches built ahead of the training step (a background thread)
+RELEASE_EVERY = 4  # streamed batches between drops of the mapped pages read (each row read maps ~64 KB)
 
 
 @dataclass
 class Batch:
-    src: torch.Tensor       # (batch, len) source ids + <eos>, padded
-    tgt_in: torch.Tensor    # (batch, len) <bos> + target ids, padded
-    tgt_out: torch.Tensor   # (batch, len) target ids + <eos>, padded
-    n_src: int              # non-pad source tokens
-    n_tgt: int              # non-pad target tokens (the loss is over these)
+    src: torch.Tensor  # (batch, len) source ids + <eos>, padded
+    tgt_in: torch.Tensor  # (batch, len) <bos> + target ids, padded
+    tgt_out: torch.Tensor  # (batch, len) target ids + <eos>, padded
+    n_src: int  # non-pad source tokens
+    n_tgt: int  # non-pad target tokens (the loss is over these)
 
 
 class Plan:
@@ -42,7 +43,7 @@ class Plan:
         if isinstance(k, slice):
             return Plan(self.rows, self.start[k], self.size[k], self.length[k])
         a = int(self.start[k])
-        return self.rows[a: a + int(self.size[k])].long(), int(self.length[k])
+        return self.rows[a : a + int(self.size[k])].long(), int(self.length[k])
 
     def __iter__(self):
         for k in range(len(self)):
@@ -54,8 +55,13 @@ class Plan:
 
     def __add__(self, other):
         if isinstance(other, Plan) and other.rows is self.rows:
-            return Plan(self.rows, *(torch.cat([a, b]) for a, b in
-                                     ((self.start, other.start), (self.size, other.size), (self.length, other.length))))
+            return Plan(
+                self.rows,
+                *(
+                    torch.cat([a, b])
+                    for a, b in ((self.start, other.start), (self.size, other.size), (self.length, other.length))
+                ),
+            )
         return list(self) + list(other)
 
     def __mul__(self, times: int) -> "Plan":
@@ -69,8 +75,16 @@ class Plan:
         return self.rows[pos].long()
 
 
-def batch_plan(split: Split, batch_sentences: int | None, max_tokens: int | None, *, shuffle: bool,
-               seed: int = 0, epoch: int = 0, fill: bool = True) -> Plan:
+def batch_plan(
+    split: Split,
+    batch_sentences: int | None,
+    max_tokens: int | None,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    fill: bool = True,
+) -> Plan:
     """Batches as (row indices, padded length). Sentences of one length bucket share a batch, so
     shapes repeat (CUDA graphs, compiled kernels); with `fill`, short batches are topped up with
     filler rows so every batch of a bucket has the same shape."""
@@ -87,14 +101,14 @@ def batch_plan(split: Split, batch_sentences: int | None, max_tokens: int | None
             idx = idx[torch.randperm(len(idx), generator=g)]
         else:  # by length inside the bucket: less padding when decoding
             idx = idx[torch.argsort(split.src_len[idx], stable=True)]
-        rows[at: at + len(idx)] = idx.to(torch.int32)
-        rows[at + len(idx): at + n_rows] = split.n  # filler rows
+        rows[at : at + len(idx)] = idx.to(torch.int32)
+        rows[at + len(idx) : at + n_rows] = split.n  # filler rows
         first = torch.arange(0, n_rows, bsize)
         start.append(first + at)
         size.append(torch.clamp(n_rows - first, max=bsize))
         length.append(torch.full((len(first),), L, dtype=torch.int64))
         at += n_rows
-    cat = (lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64))  # noqa: E731
+    cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)  # noqa: E731
     plan = Plan(rows, cat(start), cat(size), cat(length))
     if shuffle:
         plan = plan.select(torch.randperm(len(plan), generator=g))
@@ -136,15 +150,21 @@ def _iterate_resident(split: Split, plan, device: torch.device, start: int):
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     tok = [(split.src_len.index_select(0, safe) * real).long(), (split.tgt_len.index_select(0, safe) * real).long()]
     bounds = torch.tensor(offsets[1:], dtype=torch.int64)
-    n_src, n_tgt = (torch.diff(torch.cumsum(t, 0)[bounds - 1], prepend=torch.zeros(1, dtype=torch.int64)).tolist()
-                    for t in tok)
+    n_src, n_tgt = (
+        torch.diff(torch.cumsum(t, 0)[bounds - 1], prepend=torch.zeros(1, dtype=torch.int64)).tolist() for t in tok
+    )
     all_idx_dev = all_idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else all_idx
     for k in range(start, len(sizes)):
         L = lengths[k]
-        idx = all_idx_dev[offsets[k]: offsets[k + 1]]
+        idx = all_idx_dev[offsets[k] : offsets[k + 1]]
         # index_select, not split.src[idx, :L]: the same tensors, but CPU advanced indexing can take milliseconds
-        yield Batch(split.src[:, :L].index_select(0, idx), split.tgt[:, :L].index_select(0, idx),
-                    split.tgt[:, 1: L + 1].index_select(0, idx), n_src[k], n_tgt[k])
+        yield Batch(
+            split.src[:, :L].index_select(0, idx),
+            split.tgt[:, :L].index_select(0, idx),
+            split.tgt[:, 1 : L + 1].index_select(0, idx),
+            n_src[k],
+            n_tgt[k],
+        )
 
 
 def _host_batch(split: Split, idx: torch.Tensor, L: int):

@@ -1,4 +1,5 @@
 """Cleaning of training pairs (the config's data.* options), applied to the training split only and counted."""
+
 from __future__ import annotations
 
 import hashlib

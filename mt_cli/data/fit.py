@@ -1,5 +1,6 @@
 """The codecs of a corpus, fitted on its training text in one streaming pass: word vocabularies from summed
 token counts, or sentencepiece models trained on a bounded random sample of the (normalized) text."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -33,8 +34,9 @@ def fit_codecs(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[S
     counts: tuple[Counter, Counter] = (Counter(), Counter())
     chunks = read_chunks("train", files)
     with open(tokens[0], "wb") as fs, open(tokens[1], "wb") as ft:
-        for src, tgt, src_tok, tgt_tok in ordered_map(work.count_tokens, chunks, workers, work.init,
-                                                      {"data": data, "codecs": codecs}):
+        for src, tgt, src_tok, tgt_tok in ordered_map(
+            work.count_tokens, chunks, workers, work.init, {"data": data, "codecs": codecs}
+        ):
             counts[0].update(src)
             counts[1].update(tgt)
             fs.write(src_tok)
@@ -42,9 +44,11 @@ def fit_codecs(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[S
     for side, (codec, n) in enumerate(zip(codecs, counts)):
         codec.vocab = Vocab.from_counts(n, data.min_freq, data.max_size)
         if len(codec.vocab) <= len(SPECIALS):
-            raise DataError(f"{files[min(side, len(files) - 1)]}: the {codec.lang} vocabulary would hold only the "
-                            f"special tokens (no word occurs data.min_freq={data.min_freq} times in the training "
-                            f"data); lower data.min_freq or use more data")
+            raise DataError(
+                f"{files[min(side, len(files) - 1)]}: the {codec.lang} vocabulary would hold only the "
+                f"special tokens (no word occurs data.min_freq={data.min_freq} times in the training "
+                f"data); lower data.min_freq or use more data"
+            )
     return codecs
 
 
@@ -54,16 +58,19 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
     paths = [tmp / f"sp_input.{lang}.txt" for lang in (data.src_lang, data.tgt_lang)]
     lines = [0, 0]
     with open(paths[0], "wb") as fs, open(paths[1], "wb") as ft:
-        for src, tgt, n_src, n_tgt in ordered_map(work.normalized_text, read_chunks("train", files), workers,
-                                                  work.init, {"data": data}):
+        for src, tgt, n_src, n_tgt in ordered_map(
+            work.normalized_text, read_chunks("train", files), workers, work.init, {"data": data}
+        ):
             fs.write(src)
             ft.write(tgt)
             lines[0] += n_src
             lines[1] += n_tgt
     for side, n in enumerate(lines):
         if not n:
-            raise DataError(f"{files[min(side, len(files) - 1)]}: no {(data.src_lang, data.tgt_lang)[side]} text "
-                            f"in the training data; sentencepiece needs some")
+            raise DataError(
+                f"{files[min(side, len(files) - 1)]}: no {(data.src_lang, data.tgt_lang)[side]} text "
+                f"in the training data; sentencepiece needs some"
+            )
     joint = ", joint" if data.joint_vocab else ""
     most = min(sum(lines) if data.joint_vocab else max(lines), data.sp_sample)
     log(f"training sentencepiece {data.sp_type} models (vocab {data.sp_vocab_size}{joint}; on {most:,} sentences)")
@@ -72,14 +79,18 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
         sample = data.sp_sample if n > data.sp_sample else None  # all of it (in order) when it fits the sample
         return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size, sample
 
-    jobs = [job(paths, data.src_lang, sum(lines))] if data.joint_vocab else \
-        [job(paths[:1], data.src_lang, lines[0]), job(paths[1:], data.tgt_lang, lines[1])]
+    jobs = (
+        [job(paths, data.src_lang, sum(lines))]
+        if data.joint_vocab
+        else [job(paths[:1], data.src_lang, lines[0]), job(paths[1:], data.tgt_lang, lines[1])]
+    )
     try:
         # One thread per model, whatever --workers (a model file records its thread count); with workers, the
         # two sides' models train side by side in child processes, and the memory sentencepiece takes (its
         # sample, its tables) goes when they end instead of staying here and in the workers forked next.
-        codecs = list(ordered_map(_train_sentencepiece, iter(jobs), min(workers, len(jobs)), work.init, {},
-                                  processes=workers > 1))
+        codecs = list(
+            ordered_map(_train_sentencepiece, iter(jobs), min(workers, len(jobs)), work.init, {}, processes=workers > 1)
+        )
         if data.joint_vocab:
             joint = codecs[0]
             return joint, SideCodec("sentencepiece", data.tgt_lang, data.lowercase, joint.vocab, joint.sp_model)

@@ -1,4 +1,5 @@
 """`mt prepare`: raw parallel text → tokenized, numericalized corpus under data/<name>/; and loading it."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,8 +12,15 @@ from mt_cli.atomic import check_writable, explain, no_new_folders_on_failure, wr
 from mt_cli.config import Config, DataConfig
 from mt_cli.data.arrays import has_split
 from mt_cli.data.fit import fit_codecs, token_files
-from mt_cli.data.sources import (DataError, fetch_multi30k, fresh_tempdir, multi30k_source, multi30k_splits,
-                                 sha256_of, split_files)
+from mt_cli.data.sources import (
+    DataError,
+    fetch_multi30k,
+    fresh_tempdir,
+    multi30k_source,
+    multi30k_splits,
+    sha256_of,
+    split_files,
+)
 from mt_cli.data.stream import LineBlocks, default_workers
 from mt_cli.data.tokenize import SideCodec
 from mt_cli.data.vocab import SPECIALS
@@ -36,8 +44,11 @@ def is_prepared(data: DataConfig) -> bool:
         return False
     if data.corpus == "files" and man.get("files_sha256") != user_file_sums(data, man):
         return False
-    return (man.get("fingerprint") == data.fingerprint() and man.get("format") == FORMAT
-            and all(has_split(folder, s) for s in man.get("splits", {})))
+    return (
+        man.get("fingerprint") == data.fingerprint()
+        and man.get("format") == FORMAT
+        and all(has_split(folder, s) for s in man.get("splits", {}))
+    )
 
 
 def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, list[Path]], dict]:
@@ -52,8 +63,10 @@ def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, l
         origin = f"from {source}" if source else "download or cache"
         log(f"fetching {len(files)} Multi30k files into {raw_dir} ({origin})")
         sums = fetch_multi30k(files, raw_dir, source)
-        specs = {"valid" if s == "val" else s: [raw_dir / f"{s}.{lang}.gz" for lang in (data.src_lang, data.tgt_lang)]
-                 for s in names}
+        specs = {
+            "valid" if s == "val" else s: [raw_dir / f"{s}.{lang}.gz" for lang in (data.src_lang, data.tgt_lang)]
+            for s in names
+        }
     else:
         given = user_splits(data)
         log(f"reading {', '.join(f'{s} ({spec})' for s, spec in given.items())}")
@@ -113,8 +126,13 @@ def user_file_sums(data: DataConfig, man: dict | None = None) -> dict[str, str]:
     return sums
 
 
-def prepare_corpus(data: DataConfig, source: str | None = None, force: bool = False,
-                   log: Callable[[str], None] = print, workers: int | None = None) -> Path:
+def prepare_corpus(
+    data: DataConfig,
+    source: str | None = None,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    workers: int | None = None,
+) -> Path:
     """Build (or reuse) the prepared corpus for `data`, in `workers` processes (default: the cores available,
     or this process alone for a small corpus); returns its folder. Every pass streams the files in chunks, so
     memory does not grow with the corpus."""
@@ -144,11 +162,20 @@ def _prepare(data: DataConfig, source: str | None, workers: int | None, log, out
         save_codecs(tmp / "codecs.pt", src_codec, tgt_codec)
         write_json(tmp / f"vocab.{data.src_lang}.json", src_codec.vocab.itos)
         write_json(tmp / f"vocab.{data.tgt_lang}.json", tgt_codec.vocab.itos)
-        write_json(tmp / MANIFEST, {
-            "fingerprint": data.fingerprint(), "data_config": {k: v for k, v in vars(data).items()},
-            "format": FORMAT, "splits": info, **record,
-            "vocab_sizes": {"src": len(src_codec.vocab), "tgt": len(tgt_codec.vocab)},
-            "mt_cli_version": __version__, "workers": workers, "seconds": round(time.time() - t0, 1)})
+        write_json(
+            tmp / MANIFEST,
+            {
+                "fingerprint": data.fingerprint(),
+                "data_config": {k: v for k, v in vars(data).items()},
+                "format": FORMAT,
+                "splits": info,
+                **record,
+                "vocab_sizes": {"src": len(src_codec.vocab), "tgt": len(tgt_codec.vocab)},
+                "mt_cli_version": __version__,
+                "workers": workers,
+                "seconds": round(time.time() - t0, 1),
+            },
+        )
         # Swap the whole folder in at once: a reader sees the old corpus or the new one, never a mix.
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -197,8 +224,9 @@ def load_corpus(cfg: Config, bucket_width: int, resident: bool | None = None):
     folder = corpus_dir(cfg.data)
     man = load_manifest(folder)
     if man.get("fingerprint") != cfg.data.fingerprint() or man.get("format") != FORMAT:
-        raise DataError(f"{folder}: prepared with another data config or mt_cli version; run `mt prepare --config "
-                        f"<this config>`")
+        raise DataError(
+            f"{folder}: prepared with another data config or mt_cli version; run `mt prepare --config <this config>`"
+        )
     if cfg.data.corpus == "files":  # a file edited since `mt prepare` (files absent here, e.g. on a GPU box, are fine)
         now, then = user_file_sums(cfg.data, man), man.get("files_sha256") or {}
         changed = [f for f, s in now.items() if s != "missing" and then.get(f) not in (None, s)]
@@ -208,13 +236,18 @@ def load_corpus(cfg: Config, bucket_width: int, resident: bool | None = None):
     codecs = {side: SideCodec.from_state(codec_state[side]) for side in ("src", "tgt")}
     for side, codec in codecs.items():
         if len(codec.vocab) <= len(SPECIALS):
-            raise DataError(f"{folder}: the {side} vocabulary holds only the special tokens; prepare the corpus "
-                            f"again with more data or a lower data.min_freq")
+            raise DataError(
+                f"{folder}: the {side} vocabulary holds only the special tokens; prepare the corpus "
+                f"again with more data or a lower data.min_freq"
+            )
     budget = cfg.data.resident_max_mb
-    train, valid = (Split(folder / name, bucket_width, resident=resident, resident_max_mb=budget)
-                    for name in ("train", "valid"))
+    train, valid = (
+        Split(folder / name, bucket_width, resident=resident, resident_max_mb=budget) for name in ("train", "valid")
+    )
     for split in (train, valid):
         if not len(split):
-            raise DataError(f"{folder}: no {split.name} pairs; prepare the corpus from a non-empty "
-                            f"{split.name} file (`mt prepare --force`)")
+            raise DataError(
+                f"{folder}: no {split.name} pairs; prepare the corpus from a non-empty "
+                f"{split.name} file (`mt prepare --force`)"
+            )
     return codecs, train, valid, man

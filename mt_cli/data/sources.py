@@ -1,4 +1,5 @@
 """Raw parallel text: Multi30k download/copy with SHA-256 checks, and reading of text files."""
+
 from __future__ import annotations
 
 import gzip
@@ -73,8 +74,9 @@ def multi30k_source(source: str | None) -> str | None:
     """The local folder to copy Multi30k from (--source, else $MT_MULTI30K_DIR), checked; None: download."""
     source = source or os.environ.get(MULTI30K_ENV)
     if source and not Path(source).is_dir():
-        raise DataError(f"{source}: no such folder; --source (or {MULTI30K_ENV}) names the folder holding the "
-                        f"Multi30k .gz files")
+        raise DataError(
+            f"{source}: no such folder; --source (or {MULTI30K_ENV}) names the folder holding the Multi30k .gz files"
+        )
     return source
 
 
@@ -98,8 +100,10 @@ def fetch_multi30k(files: list[str], raw_dir: Path, source: str | None) -> dict[
             got = sha256_of(dest)
             if got != want:
                 dest.unlink()
-                raise DataError(f"{source or 'download'}: {name} has SHA-256 {got[:12]}…, expected {want[:12]}…; "
-                                "the file is corrupt or not the official one")
+                raise DataError(
+                    f"{source or 'download'}: {name} has SHA-256 {got[:12]}…, expected {want[:12]}…; "
+                    "the file is corrupt or not the official one"
+                )
         sums[name] = want
     return sums
 

@@ -1,5 +1,6 @@
 """One prepared split for training and evaluation: device-resident padded matrices when they fit the memory
 budget (the fast path), else rows built on the fly from the memory-mapped arrays (the streamed path)."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ class Split:
     accepted). Row `n` is an all-padding filler row. `resident` forces (True) or forbids (False) the padded
     matrices; None decides by their size against `resident_max_mb`."""
 
-    def __init__(self, path: Path, bucket_width: int = 8, resident: bool | None = None,
-                 resident_max_mb: float = RESIDENT_MAX_MB):
+    def __init__(
+        self, path: Path, bucket_width: int = 8, resident: bool | None = None, resident_max_mb: float = RESIDENT_MAX_MB
+    ):
         path = Path(path)
         self.folder, self.name = path.parent, path.name.removesuffix(".pt")
         self.bucket_width = bucket_width
@@ -32,22 +34,30 @@ class Split:
                 raise DataError(f"{p}: missing; run `mt prepare` again")
             lens[side] = row_lengths(p)
         if len(lens["src"]) != len(lens["tgt"]):
-            raise DataError(f"{self.folder}: split {self.name} has {len(lens['src'])} source rows but "
-                            f"{len(lens['tgt'])} target rows; run `mt prepare --force`")
+            raise DataError(
+                f"{self.folder}: split {self.name} has {len(lens['src'])} source rows but "
+                f"{len(lens['tgt'])} target rows; run `mt prepare --force`"
+            )
         self.n = len(lens["src"])
-        self.src_len = torch.from_numpy(lens["src"]) + 1   # + <eos>
-        self.tgt_len = torch.from_numpy(lens["tgt"]) + 1   # + <eos> (what the loss counts)
+        self.src_len = torch.from_numpy(lens["src"]) + 1  # + <eos>
+        self.tgt_len = torch.from_numpy(lens["tgt"]) + 1  # + <eos> (what the loss counts)
         w = bucket_width
         longest = torch.maximum(self.src_len, self.tgt_len)
         self.bucket = ((longest + w - 1) // w).clamp(min=1) * w
         del longest
-        self.width = self._round(max(1, int(self.src_len.max()) if self.n else 1,
-                                     int(self.tgt_len.max()) if self.n else 1))
-        self.matrix_mb = (self.n + 1) * (2 * self.width + 1) * 8 / 2 ** 20  # both padded int64 matrices
+        self.width = self._round(
+            max(1, int(self.src_len.max()) if self.n else 1, int(self.tgt_len.max()) if self.n else 1)
+        )
+        self.matrix_mb = (self.n + 1) * (2 * self.width + 1) * 8 / 2**20  # both padded int64 matrices
         self.resident = self.matrix_mb <= resident_max_mb if resident is None else resident
         self.device = torch.device("cpu")
-        self._arrays = {s: (MappedArray(array_path(self.folder, self.name, s)),
-                            MappedArray(array_path(self.folder, self.name, s, offsets=True))) for s in SIDES}
+        self._arrays = {
+            s: (
+                MappedArray(array_path(self.folder, self.name, s)),
+                MappedArray(array_path(self.folder, self.name, s, offsets=True)),
+            )
+            for s in SIDES
+        }
         for side in SIDES:
             tokens, offsets = self._arrays[side]
             if offsets.n != self.n + 1 or (self.n and int(offsets.array[-1]) != tokens.n):
@@ -72,7 +82,7 @@ class Split:
         src_lens, tgt_lens = self.src_len.long() - 1, self.tgt_len.long() - 1
         self.src = torch.full((self.n + 1, self.width), PAD, dtype=torch.int64)
         self.tgt = torch.full((self.n + 1, self.width + 1), PAD, dtype=torch.int64)
-        self.src[self.n, 0] = EOS               # filler rows attend to one token, never to nothing
+        self.src[self.n, 0] = EOS  # filler rows attend to one token, never to nothing
         _scatter_rows(self.src, flat["src"], src_lens, first=0)
         self.src[torch.arange(self.n), src_lens] = EOS
         self.tgt[: self.n, 0] = BOS

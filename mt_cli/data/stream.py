@@ -1,5 +1,6 @@
 """Streaming parallel text: chunks of raw lines read from the files (validated as they come), and an ordered
 parallel map over chunks whose memory is a few chunks per worker, whatever the size of the corpus."""
+
 from __future__ import annotations
 
 import gzip
@@ -31,6 +32,7 @@ def default_workers() -> int:
 class Chunk:
     """Consecutive raw lines of one split: `src` and `tgt` hold `n` lines each (a TSV: the lines in `src`,
     `tgt` None); `first` is the 1-based number of the first line."""
+
     split: str
     first: int
     n: int
@@ -55,16 +57,20 @@ class LineBlocks:
             raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
 
     def _too_long(self, line: int) -> DataError:
-        return DataError(f"{self.path}:{line}: a line longer than {MAX_LINE_BYTES:,} bytes; is it a text file with "
-                         f"one sentence per line?")
+        return DataError(
+            f"{self.path}:{line}: a line longer than {MAX_LINE_BYTES:,} bytes; is it a text file with "
+            f"one sentence per line?"
+        )
 
     def _read(self) -> bytes:
         try:
             return self.f.read(_BLOCK)
         except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
             line = self.lines + self.buf.count(NL)
-            raise DataError(f"{self.path}: cannot read after line {line} ({type(e).__name__}: {e}); the file is "
-                            f"damaged or truncated, get a good copy") from None
+            raise DataError(
+                f"{self.path}: cannot read after line {line} ({type(e).__name__}: {e}); the file is "
+                f"damaged or truncated, get a good copy"
+            ) from None
 
     def take(self, n: int) -> tuple[bytes, int]:
         """Up to `n` lines (fewer only at the end of the file), each ending in a newline, and their count."""
@@ -99,8 +105,9 @@ class LineBlocks:
         self.f.close()
 
 
-def read_chunks(split: str, files: list[Path], tokens: list[Path] | None = None,
-                chunk_lines: int | None = None) -> Iterator[Chunk]:
+def read_chunks(
+    split: str, files: list[Path], tokens: list[Path] | None = None, chunk_lines: int | None = None
+) -> Iterator[Chunk]:
     """The chunks of one split: files = [TSV] or [source file, target file] (checked to have equal lengths);
     `tokens`: files of the same lines already tokenized (by the fitting pass), read alongside."""
     chunk_lines = chunk_lines or CHUNK_LINES
@@ -156,8 +163,9 @@ def decode_chunk(c: Chunk) -> tuple[list[str], list[str]]:
     return src, tgt
 
 
-def ordered_map(fn: Callable, tasks: Iterator, workers: int, init: Callable, init_arg,
-                processes: bool | None = None) -> Iterator:
+def ordered_map(
+    fn: Callable, tasks: Iterator, workers: int, init: Callable, init_arg, processes: bool | None = None
+) -> Iterator:
     """fn(task) for every task, in order, in `workers` processes (1: in this one, unless `processes`). Unlike
     Pool.imap, which reads its whole input ahead, at most 3 tasks per worker are in flight: memory stays bounded."""
     if not (workers > 1 if processes is None else processes):

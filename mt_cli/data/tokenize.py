@@ -1,4 +1,5 @@
 """Text ↔ token ids for one language side: spaCy words + Vocab, or a sentencepiece model."""
+
 from __future__ import annotations
 
 import functools
@@ -38,8 +39,10 @@ def spacy_tokenizer(lang: str):
     except ImportError:  # spaCy has no language module for this code
         from mt_cli.data.sources import DataError
 
-        raise DataError(f"spaCy has no tokenizer for language {lang!r}; use an ISO code spaCy knows, "
-                        "or data.tokenizer: sentencepiece") from None
+        raise DataError(
+            f"spaCy has no tokenizer for language {lang!r}; use an ISO code spaCy knows, "
+            "or data.tokenizer: sentencepiece"
+        ) from None
 
 
 def detokenize(tokens: list[str]) -> str:
@@ -114,8 +117,11 @@ class WordPieces:
         start = np.frombuffer(self.start, np.int64)
         first, n_ids = start[w], start[w + 1] - start[w]
         ends = np.cumsum(n_ids)
-        flat = (np.frombuffer(self.ids, np.int32)[np.repeat(first - ends + n_ids, n_ids) + np.arange(int(ends[-1]))]
-                if ends[-1] else np.zeros(0, np.int32))
+        flat = (
+            np.frombuffer(self.ids, np.int32)[np.repeat(first - ends + n_ids, n_ids) + np.arange(int(ends[-1]))]
+            if ends[-1]
+            else np.zeros(0, np.int32)
+        )
         n_words = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
         last = np.cumsum(n_words) - 1  # each text's last word
         total = ends[last]
@@ -144,22 +150,47 @@ class SideCodec:
             return cls.train_sentencepiece_files([inp], lang, lowercase, model_type, vocab_size)
 
     @classmethod
-    def train_sentencepiece_files(cls, inputs: list[Path], lang: str, lowercase: bool, model_type: str,
-                                  vocab_size: int, sample: int | None = None, threads: int = 1):
+    def train_sentencepiece_files(
+        cls,
+        inputs: list[Path],
+        lang: str,
+        lowercase: bool,
+        model_type: str,
+        vocab_size: int,
+        sample: int | None = None,
+        threads: int = 1,
+    ):
         """Train on normalized text files, one sentence a line; with `sample`, on a random sample of that many
         sentences (sentencepiece's reservoir sampling, seeded: the same files give the same model)."""
         import sentencepiece as spm
 
-        sampling = dict(input_sentence_size=sample, shuffle_input_sentence=True) if sample else \
-            dict(shuffle_input_sentence=False)
+        sampling = (
+            dict(input_sentence_size=sample, shuffle_input_sentence=True)
+            if sample
+            else dict(shuffle_input_sentence=False)
+        )
         spm.set_random_generator_seed(1234)
         with tempfile.TemporaryDirectory() as d:
             try:
                 spm.SentencePieceTrainer.train(
-                    input=",".join(str(p) for p in inputs), model_prefix=str(Path(d) / "sp"), model_type=model_type,
-                    vocab_size=vocab_size, character_coverage=1.0, unk_id=UNK, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-                    unk_piece=SPECIALS[UNK], pad_piece=SPECIALS[PAD], bos_piece=SPECIALS[BOS],
-                    eos_piece=SPECIALS[EOS], hard_vocab_limit=False, num_threads=threads, minloglevel=2, **sampling)
+                    input=",".join(str(p) for p in inputs),
+                    model_prefix=str(Path(d) / "sp"),
+                    model_type=model_type,
+                    vocab_size=vocab_size,
+                    character_coverage=1.0,
+                    unk_id=UNK,
+                    pad_id=PAD,
+                    bos_id=BOS,
+                    eos_id=EOS,
+                    unk_piece=SPECIALS[UNK],
+                    pad_piece=SPECIALS[PAD],
+                    bos_piece=SPECIALS[BOS],
+                    eos_piece=SPECIALS[EOS],
+                    hard_vocab_limit=False,
+                    num_threads=threads,
+                    minloglevel=2,
+                    **sampling,
+                )
             except RuntimeError as e:  # e.g. fewer pieces than the corpus has distinct characters
                 from mt_cli.data.sources import DataError
 

@@ -1,4 +1,5 @@
 """Vocabulary: itos/stoi with fixed special ids, built from training tokens only."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -28,8 +29,9 @@ class Vocab:
     @classmethod
     def from_counts(cls, counts: Counter, min_freq: int = 1, max_size: int | None = None) -> "Vocab":
         """As build, from token counts (summed over a corpus streamed in chunks)."""
-        ranked = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
-                        key=lambda t: (-counts[t], t))
+        ranked = sorted(
+            (t for t, c in counts.items() if c >= min_freq and t not in SPECIALS), key=lambda t: (-counts[t], t)
+        )
         if max_size is not None:
             ranked = ranked[: max(0, max_size - len(SPECIALS))]
         return cls(ranked)

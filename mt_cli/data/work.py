@@ -1,4 +1,5 @@
 """What `mt prepare`'s worker processes do to one chunk of raw lines: count tokens, normalize, or encode."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -50,8 +51,9 @@ def encode(c: Chunk) -> dict:
     codecs = _JOB["codecs"]
     if c.tokens is not None:  # tokenized by the fitting pass already
         words = [[t.split(TOKEN_SEP) if t else [] for t in decode_side(b, c.n, 2, "tokens")] for b in c.tokens]
-        (src_ids, src_len), (tgt_ids, tgt_len) = (flatten([codec.vocab.encode(w) for w in side])
-                                                  for codec, side in zip(codecs, words))
+        (src_ids, src_len), (tgt_ids, tgt_len) = (
+            flatten([codec.vocab.encode(w) for w in side]) for codec, side in zip(codecs, words)
+        )
     else:
         (src_ids, src_len), (tgt_ids, tgt_len) = (codec.encode_flat(texts) for codec, texts in zip(codecs, (src, tgt)))
     if c.split == "train":
@@ -61,10 +63,16 @@ def encode(c: Chunk) -> dict:
     rows = np.flatnonzero(keep)
     dtype = _JOB["dtype"]
     everything = len(rows) == len(src)
-    return {"n": c.n, "counts": counts, "src_len": src_len[rows], "tgt_len": tgt_len[rows],
-            "src": (src_ids if everything else src_ids[np.repeat(keep, src_len)]).astype(dtype),
-            "tgt": (tgt_ids if everything else tgt_ids[np.repeat(keep, tgt_len)]).astype(dtype),
-            "src_text": raw_src if everything else [raw_src[i] for i in rows],
-            "ref_text": tgt if everything else [tgt[i] for i in rows],
-            "digests": pair_digests([src[i] for i in rows], [tgt[i] for i in rows])
-            if c.split == "train" and data.dedup else None}
+    return {
+        "n": c.n,
+        "counts": counts,
+        "src_len": src_len[rows],
+        "tgt_len": tgt_len[rows],
+        "src": (src_ids if everything else src_ids[np.repeat(keep, src_len)]).astype(dtype),
+        "tgt": (tgt_ids if everything else tgt_ids[np.repeat(keep, tgt_len)]).astype(dtype),
+        "src_text": raw_src if everything else [raw_src[i] for i in rows],
+        "ref_text": tgt if everything else [tgt[i] for i in rows],
+        "digests": pair_digests([src[i] for i in rows], [tgt[i] for i in rows])
+        if c.split == "train" and data.dedup
+        else None,
+    }

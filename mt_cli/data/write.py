@@ -1,4 +1,5 @@
 """The encoding pass of `mt prepare`: every split streamed through the workers into its arrays and text files."""
+
 from __future__ import annotations
 
 from itertools import chain
@@ -36,8 +37,14 @@ class SplitWriter:
         self.src_text = open(folder / f"{name}.{data.src_lang}", "w", encoding="utf-8", newline="\n")
         self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "w", encoding="utf-8", newline="\n")
         self.seen = DigestSet() if name == "train" and data.dedup else None
-        self.info = {"pairs": 0, "raw_lines": 0, **{f"skipped_{k}": 0 for k in REASONS}, "src_tokens": 0,
-                     "tgt_tokens": 0, "tgt_unk": 0}
+        self.info = {
+            "pairs": 0,
+            "raw_lines": 0,
+            **{f"skipped_{k}": 0 for k in REASONS},
+            "src_tokens": 0,
+            "tgt_tokens": 0,
+            "tgt_unk": 0,
+        }
 
     def add(self, r: dict) -> None:
         counts = dict(r["counts"])
@@ -67,20 +74,26 @@ class SplitWriter:
 
 
 def _skipped(info: dict, data) -> str:
-    why = {"empty": "with an empty side", "too_long": f"longer than max_len={data.max_len} tokens",
-           "ratio": f"with a length ratio above max_ratio={data.max_ratio}",
-           "identical": "with identical sides", "duplicate": "repeating an earlier pair"}
+    why = {
+        "empty": "with an empty side",
+        "too_long": f"longer than max_len={data.max_len} tokens",
+        "ratio": f"with a length ratio above max_ratio={data.max_ratio}",
+        "identical": "with identical sides",
+        "duplicate": "repeating an earlier pair",
+    }
     return ", ".join(f"{info[f'skipped_{k}']} {why[k]}" for k in REASONS if info[f"skipped_{k}"])
 
 
-def write_splits(folder: Path, specs: dict[str, list[Path]], data, codecs, workers: int, log,
-                 train_tokens: list[Path] | None = None) -> dict:
+def write_splits(
+    folder: Path, specs: dict[str, list[Path]], data, codecs, workers: int, log, train_tokens: list[Path] | None = None
+) -> dict:
     """Encode every split (training first) into `folder`; returns the manifest's per-split counts.
     `train_tokens`: the training text tokenized already (word-level corpora), used instead of tokenizing again."""
     dtype = token_dtype(max(len(c.vocab) for c in codecs))
     job = {"data": data, "codecs": codecs, "dtype": dtype}
-    chunks = chain.from_iterable(read_chunks(name, files, train_tokens if name == "train" else None)
-                                 for name, files in specs.items())
+    chunks = chain.from_iterable(
+        read_chunks(name, files, train_tokens if name == "train" else None) for name, files in specs.items()
+    )
     info: dict[str, dict] = {}
     writers: dict[str, SplitWriter] = {}
     try:
@@ -112,6 +125,8 @@ def _finish(writers: dict, info: dict, specs: dict, data, log) -> None:
     if skipped:
         log(f"{name}: skipped {skipped}")
     if name == "train" and not info[name]["pairs"]:
-        raise DataError(f"{specs['train'][0]}: no usable training pairs: all {info[name]['raw_lines']} were skipped "
-                        f"({skipped}); check the file, data.max_len and the cleaning options")
+        raise DataError(
+            f"{specs['train'][0]}: no usable training pairs: all {info[name]['raw_lines']} were skipped "
+            f"({skipped}); check the file, data.max_len and the cleaning options"
+        )
     log(f"{name}: {info[name]['pairs']} pairs")

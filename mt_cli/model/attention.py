@@ -1,4 +1,5 @@
 """Multi-head attention: heads split and concatenated around a choice of scoring functions."""
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,9 @@ class MultiHeadAttention(nn.Module):
                 tril = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
                 mask = tril if mask is None else mask & tril
                 causal = False
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                                 is_causal=causal and q.size(2) > 1, scale=scale)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal and q.size(2) > 1, scale=scale
+            )
             w = None
         out = out.transpose(1, 2).reshape(query.size(0), query.size(1), self.h * self.d_head)
         return self.out_proj(out), w

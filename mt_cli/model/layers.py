@@ -1,4 +1,5 @@
 """Transformer building blocks: embeddings with positions, feed-forward, encoder and decoder layers."""
+
 from __future__ import annotations
 
 import math
@@ -24,14 +25,14 @@ class Embeddings(nn.Module):
     def __init__(self, vocab: int, d_model: int, pad_id: int, dropout: float, positional: str, max_positions: int):
         super().__init__()
         self.tok = nn.Embedding(vocab, d_model, padding_idx=pad_id)
-        nn.init.normal_(self.tok.weight, 0.0, d_model ** -0.5)
+        nn.init.normal_(self.tok.weight, 0.0, d_model**-0.5)
         with torch.no_grad():
             self.tok.weight[pad_id].zero_()
         self.scale = math.sqrt(d_model)
         self.learned = positional == "learned"
         if self.learned:
             self.pos = nn.Embedding(max_positions, d_model)
-            nn.init.normal_(self.pos.weight, 0.0, d_model ** -0.5)
+            nn.init.normal_(self.pos.weight, 0.0, d_model**-0.5)
         else:
             self.register_buffer("pe", sinusoidal_table(max_positions, d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
@@ -43,7 +44,7 @@ class Embeddings(nn.Module):
         else:
             if offset + n > self.pe.size(0):  # sinusoids extend to any length
                 self.pe = sinusoidal_table(2 * (offset + n), self.pe.size(1)).to(self.pe.device)
-            pos = self.pe[offset: offset + n]
+            pos = self.pe[offset : offset + n]
         return self.drop(self.tok(ids) * self.scale + pos.to(self.tok.weight.dtype))
 
 
@@ -100,8 +101,8 @@ def _append(cache: dict, k: torch.Tensor, v: torch.Tensor):
             if n:
                 buf[:, :, :n] = cache[key][:, :, :n]
             cache[key] = buf
-    cache["k"][:, :, n: n + step] = k
-    cache["v"][:, :, n: n + step] = v
+    cache["k"][:, :, n : n + step] = k
+    cache["v"][:, :, n : n + step] = v
     cache["len"] = n + step
     return cache["k"][:, :, : n + step], cache["v"][:, :, : n + step]
 
@@ -119,6 +120,7 @@ class DecoderLayer(nn.Module):
     def forward(self, x, memory_kv, src_mask, cache: dict | None = None, need_weights: bool = False):
         """memory_kv: the cross-attention keys/values of the encoder output (computed once per sentence).
         cache: incremental decoding state of this layer's self-attention (see _append), updated in place."""
+
         def self_attn(h):
             k, v = self.self_attn.project_kv(h)
             if cache is not None:

@@ -1,4 +1,5 @@
 """The encoder–decoder Transformer, with incremental (cached) decoding for search."""
+
 from __future__ import annotations
 
 import torch
@@ -72,8 +73,7 @@ class Transformer(nn.Module):
         if expand > 1:
             kv = [(k.repeat_interleave(expand, 0), v.repeat_interleave(expand, 0)) for k, v in kv]
             mask = mask.repeat_interleave(expand, 0)
-        return {"memory_kv": kv, "src_mask": mask, "caches": [{"capacity": max_steps} for _ in self.decoder],
-                "pos": 0}
+        return {"memory_kv": kv, "src_mask": mask, "caches": [{"capacity": max_steps} for _ in self.decoder], "pos": 0}
 
     def step(self, tokens: torch.Tensor, state: dict) -> torch.Tensor:
         """Log-probabilities (n, vocab) of the next token after `tokens` (n,), reusing cached keys/values."""

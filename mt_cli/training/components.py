@@ -1,4 +1,5 @@
 """The pieces a training step needs, built from a config in one place (`mt train` and `mt bench` share it)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from mt_cli.training.rng import seed_all
 
 @dataclass
 class Components:
-    model: Transformer              # the plain module: checkpoints, validation, decoding
-    net: torch.nn.Module            # what the steps run: the model, DDP-wrapped and/or compiled
+    model: Transformer  # the plain module: checkpoints, validation, decoding
+    net: torch.nn.Module  # what the steps run: the model, DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
-    scaler: torch.amp.GradScaler | None   # fp16 only
+    scaler: torch.amp.GradScaler | None  # fp16 only
     stepper: Stepper
     amp_dtype: torch.dtype
     device: torch.device
@@ -31,8 +32,9 @@ class Components:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_components(cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.device, log=print,
-                     rank: int = 0, world: int = 1) -> Components:
+def build_components(
+    cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.device, log=print, rank: int = 0, world: int = 1
+) -> Components:
     """Seeded model (identical on every rank), optimizer, LR schedule, grad scaler and Stepper for `device`."""
     seed_all(cfg.train.seed)
     model = build_model(cfg.model, src_vocab, tgt_vocab, PAD).to(device)
@@ -48,8 +50,23 @@ def build_components(cfg: Config, src_vocab: int, tgt_vocab: int, device: torch.
         net = torch.compile(net)
     # one process only: a DDP step synchronizes gradients in hooks a captured graph would replay blindly
     # (a captured step is one batch per update: with train.accumulate > 1 the steps run eagerly)
-    use_graphs = (cfg.train.cuda_graphs and device.type == "cuda" and world == 1 and not cfg.train.compile
-                  and cfg.train.accumulate == 1)
-    stepper = Stepper(net, optimizer, params, device=device, amp_dtype=amp_dtype, clip=cfg.train.clip,
-                      label_smoothing=cfg.train.label_smoothing, use_graphs=use_graphs, scaler=scaler, log=log)
+    use_graphs = (
+        cfg.train.cuda_graphs
+        and device.type == "cuda"
+        and world == 1
+        and not cfg.train.compile
+        and cfg.train.accumulate == 1
+    )
+    stepper = Stepper(
+        net,
+        optimizer,
+        params,
+        device=device,
+        amp_dtype=amp_dtype,
+        clip=cfg.train.clip,
+        label_smoothing=cfg.train.label_smoothing,
+        use_graphs=use_graphs,
+        scaler=scaler,
+        log=log,
+    )
     return Components(model, net, optimizer, schedule, scaler, stepper, amp_dtype, device)

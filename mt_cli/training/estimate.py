@@ -1,5 +1,6 @@
 """Early in a run on the CPU, one line saying how long its training will take at the measured speed
 (a GPU recipe on a laptop takes hours, and nothing else would say so up front)."""
+
 from __future__ import annotations
 
 import time
@@ -21,7 +22,7 @@ def human_duration(seconds: float) -> str:
 class DurationEstimate:
     """Times steps `skip`+1 .. `skip`+`measure` of this process (the first ones warm up), then estimates once."""
 
-    steps_to_go: int                # updates this process will still train when it starts measuring
+    steps_to_go: int  # updates this process will still train when it starts measuring
     config_name: str | None = None
     skip: int = 5
     measure: int = 25
@@ -47,6 +48,8 @@ class DurationEstimate:
         hint = ""
         if CPU_RECIPE.is_file() and self.config_name != CPU_RECIPE.stem:
             hint = f"; `-c {CPU_RECIPE}` is a recipe chosen for this (see the README, No GPU?)"
-        return (f"estimate: about {human_duration(remaining)} of training to go at this speed on this CPU "
-                f"({per_step:.2f} s per step, {self.steps_to_go - self._seen:,} steps; validation not included)"
-                f"{hint}. The run continues.")
+        return (
+            f"estimate: about {human_duration(remaining)} of training to go at this speed on this CPU "
+            f"({per_step:.2f} s per step, {self.steps_to_go - self._seen:,} steps; validation not included)"
+            f"{hint}. The run continues."
+        )

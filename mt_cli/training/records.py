@@ -1,4 +1,5 @@
 """One epoch's figures: the line in result/<run>/metrics.jsonl and the line on the console."""
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,16 @@ class EpochRecord:
     train_loss: float
     val_loss: float
     val_ppl: float
-    val_bleu: float | None          # None with train.val_bleu: false
-    lr: float                       # the learning rate the epoch trained with
-    seconds: float                  # training time of the epoch
+    val_bleu: float | None  # None with train.val_bleu: false
+    lr: float  # the learning rate the epoch trained with
+    seconds: float  # training time of the epoch
     val_seconds: float
-    tokens_per_s: int               # source + target non-pad tokens, all processes
+    tokens_per_s: int  # source + target non-pad tokens, all processes
     tgt_tokens_per_s: int
-    elapsed: float                  # training time of the run so far
+    elapsed: float  # training time of the run so far
     steps: int
     skipped: int
-    processes: int | None = None    # set with several processes, with the weights hash they agreed on
+    processes: int | None = None  # set with several processes, with the weights hash they agreed on
     weights_sha256: str | None = None
 
     def metric(self, name: str) -> float | None:
@@ -35,8 +36,24 @@ class EpochRecord:
     def to_dict(self) -> dict:
         """The metrics line (JSON keys as the README documents them)."""
         out = asdict(self)
-        order = ["epoch", "step", "train_loss", "val_loss", "val_ppl", "val_bleu", "lr", "seconds", "val_seconds",
-                 "tokens_per_s", "tgt_tokens_per_s", "elapsed", "steps", "skipped", "processes", "weights_sha256"]
+        order = [
+            "epoch",
+            "step",
+            "train_loss",
+            "val_loss",
+            "val_ppl",
+            "val_bleu",
+            "lr",
+            "seconds",
+            "val_seconds",
+            "tokens_per_s",
+            "tgt_tokens_per_s",
+            "elapsed",
+            "steps",
+            "skipped",
+            "processes",
+            "weights_sha256",
+        ]
         return {k: out[k] for k in order if out[k] is not None or k == "val_bleu"}
 
     def to_json(self) -> str:
@@ -44,6 +61,8 @@ class EpochRecord:
 
     def console_line(self, improved: bool) -> str:
         bleu = f"  val BLEU {self.val_bleu:.2f}" if self.val_bleu is not None else ""
-        return (f"epoch {self.epoch:3d}  train {self.train_loss:.3f}  val {self.val_loss:.3f} (ppl {self.val_ppl:.2f})"
-                f"{bleu}  lr {self.lr:.2e}  {self.seconds:.1f}s+{self.val_seconds:.1f}s  "
-                f"{self.tgt_tokens_per_s / 1000:.1f}k tgt tok/s{'  *' if improved else ''}")
+        return (
+            f"epoch {self.epoch:3d}  train {self.train_loss:.3f}  val {self.val_loss:.3f} (ppl {self.val_ppl:.2f})"
+            f"{bleu}  lr {self.lr:.2e}  {self.seconds:.1f}s+{self.val_seconds:.1f}s  "
+            f"{self.tgt_tokens_per_s / 1000:.1f}k tgt tok/s{'  *' if improved else ''}"
+        )

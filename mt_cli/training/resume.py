@@ -1,4 +1,5 @@
 """Run folders, and continuing a run: finding its last.pt, checking it against the config, restoring it."""
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,20 @@ from mt_cli.training.state import RunState, TrainState
 
 # Config keys that may differ between a run and its resumption (they change when or how often things
 # happen, not what a step computes). Anything else must match the checkpoint's config.
-RESUMABLE_CHANGES = ("name", "data.root", "train.epochs", "train.max_steps", "train.early_stopping",
-                     "train.save_every", "train.keep_last", "train.average_last", "train.max_nonfinite",
-                     "train.max_oom", "train.tensorboard", "decode.")
+RESUMABLE_CHANGES = (
+    "name",
+    "data.root",
+    "train.epochs",
+    "train.max_steps",
+    "train.early_stopping",
+    "train.save_every",
+    "train.keep_last",
+    "train.average_last",
+    "train.max_nonfinite",
+    "train.max_oom",
+    "train.tensorboard",
+    "decode.",
+)
 
 
 def run_folders(cfg: Config, saved_root: str, result_root: str, claim: bool = False) -> tuple[Path, Path]:
@@ -71,11 +83,18 @@ def find_last(saved_root: str | Path, name: str) -> Path:
     again with the same config get a suffix), the most recently written one."""
     root = Path(saved_root)
     pattern = re.compile(re.escape(name) + r"(-\d+)?")
-    found = [d / "last.pt" for d in root.glob(f"{name}*") if pattern.fullmatch(d.name) and (d / "last.pt").is_file()
-             and (d.name == name or _run_name(d / "last.pt") in (name, None))]  # not an experiment "<name>-2020"
+    found = [
+        d / "last.pt"
+        for d in root.glob(f"{name}*")
+        if pattern.fullmatch(d.name)
+        and (d / "last.pt").is_file()
+        and (d.name == name or _run_name(d / "last.pt") in (name, None))
+    ]  # not an experiment "<name>-2020"
     if not found:
-        raise CheckpointError(f"{root / name / 'last.pt'}: no run named {name!r} to resume under {root}/; "
-                              f"start it without --resume, or name a checkpoint with --resume-from PATH")
+        raise CheckpointError(
+            f"{root / name / 'last.pt'}: no run named {name!r} to resume under {root}/; "
+            f"start it without --resume, or name a checkpoint with --resume-from PATH"
+        )
     return max(found, key=lambda p: p.stat().st_mtime_ns)
 
 
@@ -103,24 +122,29 @@ def _flat(d: dict) -> dict:
 def config_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     """(changes allowed on resume, changes that are not) between two config dicts."""
     old_flat, new_flat = _flat(old), _flat(new)
-    changed = sorted(k for k in old_flat.keys() | new_flat.keys()
-                     if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>"))
-    allowed = [k for k in changed
-               if any(k == key or (key.endswith(".") and k.startswith(key)) for key in RESUMABLE_CHANGES)]
+    changed = sorted(
+        k for k in old_flat.keys() | new_flat.keys() if old_flat.get(k, "<unset>") != new_flat.get(k, "<unset>")
+    )
+    allowed = [
+        k for k in changed if any(k == key or (key.endswith(".") and k.startswith(key)) for key in RESUMABLE_CHANGES)
+    ]
     return allowed, [k for k in changed if k not in allowed]
 
 
 def check_resume(checkpoint: dict, cfg: Config, resume_path: Path, result_dir: Path, log) -> None:
     """Refuse a checkpoint that is not a last.pt of a run with this config; log the allowed changes."""
     if not isinstance(checkpoint.get("train_state"), dict):
-        raise CheckpointError(f"{resume_path}: holds weights only (best.pt, epoch_*.pt and averaged checkpoints "
-                              f"do); resume from last.pt")
+        raise CheckpointError(
+            f"{resume_path}: holds weights only (best.pt, epoch_*.pt and averaged checkpoints do); resume from last.pt"
+        )
     allowed, refused = config_changes(checkpoint["config"], cfg.to_dict())
     if refused:
         recorded = result_dir / "config.yaml"
         how = f"--config {recorded}" if recorded.is_file() else "the config it was started with"
-        raise ValueError(f"{resume_path}: the run was started with another config ({', '.join(refused[:4])}"
-                         f"{' …' if len(refused) > 4 else ''} differ); resume it with {how}")
+        raise ValueError(
+            f"{resume_path}: the run was started with another config ({', '.join(refused[:4])}"
+            f"{' …' if len(refused) > 4 else ''} differ); resume it with {how}"
+        )
     old, new = _flat(checkpoint["config"]), _flat(cfg.to_dict())
     for k in allowed:
         log(f"resuming with a changed {k}: {old.get(k)} -> {new.get(k)}")
@@ -150,8 +174,10 @@ def restore_training(checkpoint: dict, parts, *, rank: int, world: int, log) -> 
         set_rng_state(saved.ranks[rank % len(saved.ranks)]["rng"], parts.device)
         if rank == 0 and all(r.get("acc") is not None for r in saved.ranks):
             accumulators.copy_(sum(r["acc"] for r in saved.ranks).to(accumulators.device))
-        log(f"warning: resuming with {world} process(es), the run used {state.world}: the epoch continues from "
-            f"about the same point, but the result will not be bit-identical to an uninterrupted run")
+        log(
+            f"warning: resuming with {world} process(es), the run used {state.world}: the epoch continues from "
+            f"about the same point, but the result will not be bit-identical to an uninterrupted run"
+        )
     state.world = world
     return state
 
@@ -195,15 +221,19 @@ def initial_weights(cfg: Config, codecs: dict, log) -> dict:
     saved_model, this_model = _flat(checkpoint["config"]["model"]), _flat(cfg.to_dict()["model"])
     changed = [k for k in sorted(saved_model.keys() | this_model.keys()) if saved_model.get(k) != this_model.get(k)]
     if changed:
-        raise CheckpointError(f"{path}: train.init_from needs the same model; model.{changed[0]} differs "
-                              f"({len(changed)} key(s)); use the checkpoint's model settings")
+        raise CheckpointError(
+            f"{path}: train.init_from needs the same model; model.{changed[0]} differs "
+            f"({len(changed)} key(s)); use the checkpoint's model settings"
+        )
     from mt_cli.data.tokenize import SideCodec  # (a light import; here only to read the saved vocabularies)
 
     for side in ("src", "tgt"):
         saved = SideCodec.from_state(checkpoint["codecs"][side]).vocab.itos
         if saved != codecs[side].vocab.itos:
-            raise CheckpointError(f"{path}: train.init_from needs the same {side} vocabulary as the prepared corpus "
-                                  f"({len(saved)} vs {len(codecs[side].vocab.itos)} tokens); prepare the new data "
-                                  f"with the checkpoint's vocabulary settings (e.g. a shared sentencepiece model)")
+            raise CheckpointError(
+                f"{path}: train.init_from needs the same {side} vocabulary as the prepared corpus "
+                f"({len(saved)} vs {len(codecs[side].vocab.itos)} tokens); prepare the new data "
+                f"with the checkpoint's vocabulary settings (e.g. a shared sentencepiece model)"
+            )
     log(f"starting from the weights of {path} (epoch {checkpoint.get('epoch')}), with a fresh optimizer and schedule")
     return checkpoint["model"]

@@ -1,4 +1,5 @@
 """Seeding every random generator a step may draw from, and saving/restoring their states."""
+
 from __future__ import annotations
 
 import random
@@ -12,7 +13,7 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np = sys.modules.get("numpy")  # only if something imported it: numpy is no dependency of training
     if np is not None:
-        np.random.seed(seed % 2 ** 32)
+        np.random.seed(seed % 2**32)
 
 
 def rng_state(device: torch.device) -> dict:

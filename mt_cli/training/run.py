@@ -1,4 +1,5 @@
 """`mt train`: open (or continue) a run, build its parts, fit it, and test it."""
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,20 @@ from mt_cli import distributed
 from mt_cli.atomic import write_json, write_text
 from mt_cli.checkpoint import load_checkpoint
 from mt_cli.config import Config
-from mt_cli.safe_parse import read_json_or_none
 from mt_cli.data.prepare import corpus_dir, load_corpus
 from mt_cli.evaluate import final_test
+from mt_cli.safe_parse import read_json_or_none
 from mt_cli.training.components import Components, build_components
-from mt_cli.training.resume import (check_resume, discard_run_folders, initial_weights, open_run, restore_training,
-                                    resume_command, run_folders, truncate_metrics)
+from mt_cli.training.resume import (
+    check_resume,
+    discard_run_folders,
+    initial_weights,
+    open_run,
+    restore_training,
+    resume_command,
+    run_folders,
+    truncate_metrics,
+)
 from mt_cli.training.signals import Signals
 from mt_cli.training.state import RunState, StopReason
 from mt_cli.training.trainer import RunContext, Trainer
@@ -27,8 +36,14 @@ def _silent(*_) -> None:
     """The log of ranks other than 0: rank 0 reports for all."""
 
 
-def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = None, saved_root: str = "saved",
-          result_root: str = "result", log=print) -> dict:
+def train(
+    cfg: Config,
+    device: str = "auto",
+    resume: str | Path | bool | None = None,
+    saved_root: str = "saved",
+    result_root: str = "result",
+    log=print,
+) -> dict:
     """Train `cfg`; returns a summary (run folders, best metrics, test report).
 
     `resume`: True continues the newest saved/<cfg.name>[-N]/last.pt; a path continues that checkpoint."""
@@ -40,7 +55,9 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
     log = log if rank == 0 else _silent
     from mt_cli.plots import EpochReport  # matplotlib: only once a run starts
 
-    report_epoch = EpochReport(cfg, log, enabled=rank == 0)  # curves.png (+ TensorBoard): checked now, never fatal later
+    report_epoch = EpochReport(
+        cfg, log, enabled=rank == 0
+    )  # curves.png (+ TensorBoard): checked now, never fatal later
     saved_dir, result_dir, resume_path = distributed.on_main(open_run, cfg, resume, saved_root, result_root)
     resume_from = {}  # holds last.pt's content until it is restored, so that it can be let go of then (~300 MB)
     if resume_path:  # checked before anything slow: a bad checkpoint or config fails at once
@@ -51,8 +68,16 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
         if cfg.train.init_from and not resume_path:  # checked before the run claims its folders
             resume_from["weights"] = distributed.on_main(initial_weights, cfg, codecs, log)
         saved_dir, result_dir = _claim_folders(cfg, saved_dir, result_dir, resume_path, saved_root, result_root)
-        ctx = RunContext(cfg, dev, rank, world, saved_dir, result_dir,
-                         resume_command(saved_dir, result_dir, result_root, device, world), log)
+        ctx = RunContext(
+            cfg,
+            dev,
+            rank,
+            world,
+            saved_dir,
+            result_dir,
+            resume_command(saved_dir, result_dir, result_root, device, world),
+            log,
+        )
         try:
             train_split.to(dev)
             valid_split.to(dev)
@@ -62,11 +87,14 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
             log(f"batches: {train_split.description}; {valid_split.description}")
             refs = _valid_refs(cfg) if rank == 0 and cfg.train.val_bleu else []
             with Writer() as writer:
-                trainer = Trainer(ctx, parts, codecs, train_split, valid_split, refs, state, signals, writer,
-                                  report_epoch)
+                trainer = Trainer(
+                    ctx, parts, codecs, train_split, valid_split, refs, state, signals, writer, report_epoch
+                )
                 if trainer.stop is not None and resume_path:
-                    log(f"the run already reached {_why(trainer.stop, cfg)}; raise it to train longer (now only "
-                        f"the final test runs)")
+                    log(
+                        f"the run already reached {_why(trainer.stop, cfg)}; raise it to train longer (now only "
+                        f"the final test runs)"
+                    )
                 trainer.fit()
         except BaseException:
             if not resume_path and rank == 0:
@@ -75,8 +103,9 @@ def train(cfg: Config, device: str = "auto", resume: str | Path | bool | None = 
     return _finish(ctx, parts, state, started)
 
 
-def _claim_folders(cfg: Config, saved_dir: Path, result_dir: Path, resume_path: Path | None, saved_root: str,
-                   result_root: str) -> tuple[Path, Path]:
+def _claim_folders(
+    cfg: Config, saved_dir: Path, result_dir: Path, resume_path: Path | None, saved_root: str, result_root: str
+) -> tuple[Path, Path]:
     """The run can start: a new one claims its name (the next run of this config gets -2)."""
     if not resume_path:
         return distributed.on_main(run_folders, cfg, saved_root, result_root, claim=True)
@@ -96,8 +125,7 @@ def _starting_state(ctx: RunContext, parts: Components, resume_from: dict, resum
         ctx.log(f"resuming {resume_path}: epoch {state.epoch}, step {state.step}, batch {state.position}")
     kept_validation = _apply_validated(state, ctx.cfg)
     if ctx.is_main:
-        _prepare_result_folder(ctx, resumed=resume_path is not None, kept_validation=kept_validation,
-                               epoch=state.epoch)
+        _prepare_result_folder(ctx, resumed=resume_path is not None, kept_validation=kept_validation, epoch=state.epoch)
     return state
 
 
@@ -133,11 +161,13 @@ def _prepare_result_folder(ctx: RunContext, resumed: bool, kept_validation: bool
 
 def _log_start(ctx: RunContext, parts: Components, pairs: int) -> None:
     dev = ctx.device
-    ctx.log(f"run {ctx.saved_dir.name}: {parts.parameters / 1e6:.2f}M parameters, device {dev}"
-            f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}"
-            f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}, precision "
-            f"{str(parts.amp_dtype).removeprefix('torch.')}, {'CUDA graphs' if parts.stepper.use_graphs else 'eager'}"
-            f" steps, {pairs} training pairs")
+    ctx.log(
+        f"run {ctx.saved_dir.name}: {parts.parameters / 1e6:.2f}M parameters, device {dev}"
+        f"{' (' + torch.cuda.get_device_name(dev) + ')' if dev.type == 'cuda' else ''}"
+        f"{f' x {ctx.world} processes' if ctx.world > 1 else ''}, precision "
+        f"{str(parts.amp_dtype).removeprefix('torch.')}, {'CUDA graphs' if parts.stepper.use_graphs else 'eager'}"
+        f" steps, {pairs} training pairs"
+    )
 
 
 def _valid_refs(cfg: Config) -> list[str]:
@@ -156,11 +186,19 @@ def _why(reason: StopReason, cfg: Config) -> str:
 
 def _finish(ctx: RunContext, parts: Components, state: RunState, started: float) -> dict:
     """The run's summary; rank 0 runs the final test and writes summary.json."""
-    summary = {"run": ctx.saved_dir.name, "saved": str(ctx.saved_dir), "result": str(ctx.result_dir),
-               "parameters": parts.parameters, "best_epoch": state.best_epoch,
-               f"best_{ctx.cfg.train.best_metric}": state.best, "skipped_updates": state.skipped,
-               "processes": ctx.world, "rank": ctx.rank, "train_seconds": round(time.time() - started, 1),
-               "device": distributed.device_name(ctx.device)}
+    summary = {
+        "run": ctx.saved_dir.name,
+        "saved": str(ctx.saved_dir),
+        "result": str(ctx.result_dir),
+        "parameters": parts.parameters,
+        "best_epoch": state.best_epoch,
+        f"best_{ctx.cfg.train.best_metric}": state.best,
+        "skipped_updates": state.skipped,
+        "processes": ctx.world,
+        "rank": ctx.rank,
+        "train_seconds": round(time.time() - started, 1),
+        "device": distributed.device_name(ctx.device),
+    }
     if ctx.is_main:
         summary["test"] = final_test(ctx.cfg, ctx.saved_dir, ctx.result_dir, ctx.device, parts.amp_dtype, ctx.log)
         summary["total_seconds"] = round(time.time() - started, 1)

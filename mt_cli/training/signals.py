@@ -1,4 +1,5 @@
 """SIGINT/SIGTERM as a stop request checked between steps, and the agreement of all ranks on it."""
+
 from __future__ import annotations
 
 import signal
@@ -32,8 +33,10 @@ class Signals:
             self.hit = signal.Signals(signum).name
             if self.second_quits:
                 self._restore()
-            self.log(f"{self.hit} received: finishing this step, then saving"
-                     f"{' (send it again to quit at once)' if self.second_quits else ''}")
+            self.log(
+                f"{self.hit} received: finishing this step, then saving"
+                f"{' (send it again to quit at once)' if self.second_quits else ''}"
+            )
 
     def _restore(self):
         for signum, handler in self._old_handlers.items():

@@ -1,5 +1,6 @@
 """The saved state of a training run, declared once: progress (RunState), why a run stops (StopReason),
 and the layout of a last.pt's `train_state` (TrainState)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,12 +12,12 @@ from dataclasses import dataclass, field
 class StopReason(enum.Enum):
     """Why a run ends (or pauses): the loop's one stop flag."""
 
-    SIGNAL = "signal"               # SIGINT/SIGTERM: last.pt saved, resumable
-    MAX_STEPS = "max_steps"         # train.max_steps reached (possibly mid-epoch)
+    SIGNAL = "signal"  # SIGINT/SIGTERM: last.pt saved, resumable
+    MAX_STEPS = "max_steps"  # train.max_steps reached (possibly mid-epoch)
     EARLY_STOPPING = "early_stopping"
-    LAST_EPOCH = "last_epoch"       # train.epochs done
-    DIVERGED = "diverged"           # train.max_nonfinite non-finite losses in a row
-    OOM = "oom"                     # train.max_oom CUDA out-of-memory errors in a row
+    LAST_EPOCH = "last_epoch"  # train.epochs done
+    DIVERGED = "diverged"  # train.max_nonfinite non-finite losses in a row
+    OOM = "oom"  # train.max_oom CUDA out-of-memory errors in a row
 
 
 class TrainingStopped(RuntimeError):
@@ -62,9 +63,9 @@ class RunState:
     best: float | None = None
     best_epoch: int = 0
     bad_epochs: int = 0
-    elapsed: float = 0.0            # training seconds so far, across resumptions
-    skipped: int = 0                # updates skipped for a non-finite loss, whole run
-    world: int = 1                  # processes that wrote it (a resume with another count re-shards)
+    elapsed: float = 0.0  # training seconds so far, across resumptions
+    skipped: int = 0  # updates skipped for a non-finite loss, whole run
+    world: int = 1  # processes that wrote it (a resume with another count re-shards)
     validated: BestSoFar | None = None
 
     @property
@@ -90,8 +91,13 @@ class RunState:
         names = {f.name for f in dataclasses.fields(cls)} - {"validated"}
         state = cls(**{k: v for k, v in progress.items() if k in names})
         if isinstance(progress.get("validated"), dict):
-            state.validated = BestSoFar(**{k: progress["validated"][k] for k in ("best", "best_epoch", "bad_epochs")
-                                           if k in progress["validated"]})
+            state.validated = BestSoFar(
+                **{
+                    k: progress["validated"][k]
+                    for k in ("best", "best_epoch", "bad_epochs")
+                    if k in progress["validated"]
+                }
+            )
         return state
 
 
@@ -101,16 +107,26 @@ class TrainState:
 
     optimizer: dict
     schedule: dict
-    ranks: list                     # per rank: {"rng": rng_state(), "acc": the step accumulators}
+    ranks: list  # per rank: {"rng": rng_state(), "acc": the step accumulators}
     scaler: dict | None
     progress: dict = field(default_factory=dict)  # RunState.to_dict()
 
     def to_dict(self) -> dict:
-        return {"optimizer": self.optimizer, "schedule": self.schedule, "ranks": self.ranks, "scaler": self.scaler,
-                "progress": self.progress}
+        return {
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "ranks": self.ranks,
+            "scaler": self.scaler,
+            "progress": self.progress,
+        }
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainState":
         ranks = saved.get("ranks") or [{"rng": saved["rng"], "acc": None}]  # older last.pt: rank 0's RNG only
-        return cls(optimizer=saved["optimizer"], schedule=saved["schedule"], ranks=ranks,
-                   scaler=saved.get("scaler"), progress=saved.get("progress") or {})
+        return cls(
+            optimizer=saved["optimizer"],
+            schedule=saved["schedule"],
+            ranks=ranks,
+            scaler=saved.get("scaler"),
+            progress=saved.get("progress") or {},
+        )

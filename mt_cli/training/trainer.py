@@ -5,6 +5,7 @@ Reliability (README, section "Reliability"): last.pt holds everything needed to 
 rank's RNG states and loss accumulators, the position in the epoch's batch order); it is written
 atomically at epoch ends, every train.save_every steps, and when SIGINT/SIGTERM stops the run.
 Files are written by a background thread (mt_cli/writer.py) from copies of the state."""
+
 from __future__ import annotations
 
 import time
@@ -40,7 +41,7 @@ class RunContext:
     world: int
     saved_dir: Path
     result_dir: Path
-    resume_hint: str                # the command that continues the run
+    resume_hint: str  # the command that continues the run
     log: object
 
     @property
@@ -52,12 +53,12 @@ class RunContext:
 class EpochProgress:
     """How far one epoch's training got."""
 
-    batches: int                    # in this rank's share of the epoch
-    stopped_at: int | None = None   # the position where train.max_steps stopped it
+    batches: int  # in this rank's share of the epoch
+    stopped_at: int | None = None  # the position where train.max_steps stopped it
     n_src: int = 0
     n_tgt: int = 0
     seconds: float = 0.0
-    last: LastState | None = None   # last.pt of a mid-epoch stop, saved again once the epoch is validated
+    last: LastState | None = None  # last.pt of a mid-epoch stop, saved again once the epoch is validated
 
     @property
     def mid_epoch(self) -> bool:
@@ -79,14 +80,25 @@ def batch_groups(batches, start: int, size: int):
 
 
 class Trainer:
-    def __init__(self, ctx: RunContext, parts: Components, codecs: dict, train_split: Split, valid_split: Split,
-                 valid_refs: list[str], state: RunState, signals: Signals, writer: Writer, report_epoch):
+    def __init__(
+        self,
+        ctx: RunContext,
+        parts: Components,
+        codecs: dict,
+        train_split: Split,
+        valid_split: Split,
+        valid_refs: list[str],
+        state: RunState,
+        signals: Signals,
+        writer: Writer,
+        report_epoch,
+    ):
         self.ctx, self.cfg, self.parts, self.codecs = ctx, ctx.cfg, parts, codecs
         self.train_split, self.valid_split, self.valid_refs = train_split, valid_split, valid_refs
         self.state, self.signals, self.writer, self.report_epoch = state, signals, writer, report_epoch
         self.log = ctx.log
         self.checkpointer = Checkpointer(ctx.saved_dir, ctx.cfg, codecs, parts, writer, ctx.is_main)
-        self.clock_start = time.time() - state.elapsed   # elapsed counts across resumptions
+        self.clock_start = time.time() - state.elapsed  # elapsed counts across resumptions
         # host syncs are cheap on the CPU: check every step there; on a GPU every 50 steps
         self.check_every = 1 if ctx.device.type == "cpu" else 50
         self.seen_skipped = 0.0
@@ -112,15 +124,25 @@ class Trainer:
     def train_epoch(self, epoch: int) -> EpochProgress:
         """This rank's share of the epoch's batches, from the saved position when the run resumes in it."""
         cfg, state = self.cfg.train, self.state
-        plan = shard(batch_plan(self.train_split, cfg.batch_sentences, cfg.max_tokens, shuffle=True, seed=cfg.seed,
-                                epoch=epoch), self.ctx.rank, self.ctx.world)
+        plan = shard(
+            batch_plan(self.train_split, cfg.batch_sentences, cfg.max_tokens, shuffle=True, seed=cfg.seed, epoch=epoch),
+            self.ctx.rank,
+            self.ctx.world,
+        )
         start = min(state.position, len(plan)) if epoch == state.epoch else 0
         self.seen_skipped = float(self.parts.stepper.acc[SKIPPED].item()) if start else 0.0
         if self.estimate is None and self.ctx.device.type == "cpu":
             self.estimate = DurationEstimate(self.steps_to_go(epoch, len(plan), start), self.cfg.name)
         progress, request, started = EpochProgress(len(plan)), None, time.time()
-        bar = tqdm(iterate(self.train_split, plan, self.ctx.device, start), total=len(plan), initial=start,
-                   desc=f"epoch {epoch}", disable=not self.ctx.is_main, leave=False, mininterval=1.0)
+        bar = tqdm(
+            iterate(self.train_split, plan, self.ctx.device, start),
+            total=len(plan),
+            initial=start,
+            desc=f"epoch {epoch}",
+            disable=not self.ctx.is_main,
+            leave=False,
+            mininterval=1.0,
+        )
         for position, group in batch_groups(bar, start, cfg.accumulate):  # position: batches done after it
             self.run_step(group, epoch, position)
             if self.estimate is not None and (line := self.estimate.after_step()):
@@ -139,8 +161,11 @@ class Trainer:
         progress.seconds = max(time.time() - started, 1e-9)
         if request:
             self.checkpointer.save_last(self.point(epoch, progress.stopped_at))
-            raise self.stopped(f"{request} received: saved {self.checkpointer.last_path} at epoch {epoch}, step "
-                               f"{state.step}; continue with `{self.ctx.resume_hint}`", StopReason.SIGNAL)
+            raise self.stopped(
+                f"{request} received: saved {self.checkpointer.last_path} at epoch {epoch}, step "
+                f"{state.step}; continue with `{self.ctx.resume_hint}`",
+                StopReason.SIGNAL,
+            )
         if progress.mid_epoch:  # the exact point, so that a larger train.max_steps continues from here
             progress.last = self.checkpointer.save_last(self.point(epoch, progress.stopped_at))
         return progress
@@ -158,8 +183,10 @@ class Trainer:
             except RuntimeError as e:
                 if self.ctx.world == 1:  # with several processes the others are inside a collective: just stop
                     self.checkpointer.save_last(self.point(epoch, position))
-                raise self.stopped(f"{e} (checkpoint: {self.checkpointer.last_path}; continue with "
-                                   f"`{self.ctx.resume_hint}`)", StopReason.OOM) from None
+                raise self.stopped(
+                    f"{e} (checkpoint: {self.checkpointer.last_path}; continue with `{self.ctx.resume_hint}`)",
+                    StopReason.OOM,
+                ) from None
 
     def check_health(self, epoch: int, position: int) -> str | None:
         """(A host sync.) Warn of skipped updates, stop a diverged run; returns the stop request all ranks agree on."""
@@ -168,14 +195,19 @@ class Trainer:
         if totals.skipped > self.seen_skipped:
             new = int(totals.skipped - self.seen_skipped)
             self.seen_skipped = totals.skipped
-            self.log(f"warning: step {self.state.step}: {new} update(s) skipped for a non-finite loss or gradient "
-                     f"({int(bad_run)} in a row, {self.state.skipped + int(totals.skipped)} in this run)")
+            self.log(
+                f"warning: step {self.state.step}: {new} update(s) skipped for a non-finite loss or gradient "
+                f"({int(bad_run)} in a row, {self.state.skipped + int(totals.skipped)} in this run)"
+            )
         limit = self.cfg.train.max_nonfinite
         if bad_run >= limit:
             self.checkpointer.save_last(self.point(epoch, position))
-            raise self.stopped(f"{limit} non-finite losses in a row at step {self.state.step}: training diverged; "
-                               f"lower train.lr, keep train.clip > 0, or check the data (the last finite weights are "
-                               f"in {self.checkpointer.last_path})", StopReason.DIVERGED)
+            raise self.stopped(
+                f"{limit} non-finite losses in a row at step {self.state.step}: training diverged; "
+                f"lower train.lr, keep train.clip > 0, or check the data (the last finite weights are "
+                f"in {self.checkpointer.last_path})",
+                StopReason.DIVERGED,
+            )
         return request
 
     def epoch_totals(self, epoch: int) -> StepTotals:
@@ -195,8 +227,15 @@ class Trainer:
         val_bleu = None
         if cfg.train.val_bleu:
             if self.ctx.is_main:
-                hyps = decode_split(parts.model, self.codecs, cfg, self.valid_split, self.ctx.device,
-                                    cfg.train.val_beam_size, parts.amp_dtype)
+                hyps = decode_split(
+                    parts.model,
+                    self.codecs,
+                    cfg,
+                    self.valid_split,
+                    self.ctx.device,
+                    cfg.train.val_beam_size,
+                    parts.amp_dtype,
+                )
                 val_bleu = score(hyps, self.valid_refs, cfg.data.lowercase)["bleu"]
             val_bleu = distributed.broadcast_float(val_bleu)
         val_seconds = time.time() - started
@@ -205,12 +244,21 @@ class Trainer:
         self.state.elapsed = self.elapsed()
         world = self.ctx.world
         record = EpochRecord(
-            epoch=epoch, step=self.state.step, train_loss=round(totals.mean_loss, 4), val_loss=round(val_loss, 4),
-            val_ppl=perplexity(val_loss), val_bleu=val_bleu, lr=lr, seconds=round(progress.seconds, 2),
-            val_seconds=round(val_seconds, 2), tokens_per_s=round((progress.n_src + progress.n_tgt) * world /
-                                                                   progress.seconds),
-            tgt_tokens_per_s=round(progress.n_tgt * world / progress.seconds), elapsed=round(self.state.elapsed, 1),
-            steps=int(totals.steps), skipped=int(totals.skipped))
+            epoch=epoch,
+            step=self.state.step,
+            train_loss=round(totals.mean_loss, 4),
+            val_loss=round(val_loss, 4),
+            val_ppl=perplexity(val_loss),
+            val_bleu=val_bleu,
+            lr=lr,
+            seconds=round(progress.seconds, 2),
+            val_seconds=round(val_seconds, 2),
+            tokens_per_s=round((progress.n_src + progress.n_tgt) * world / progress.seconds),
+            tgt_tokens_per_s=round(progress.n_tgt * world / progress.seconds),
+            elapsed=round(self.state.elapsed, 1),
+            steps=int(totals.steps),
+            skipped=int(totals.skipped),
+        )
         if world > 1:
             record.processes, record.weights_sha256 = world, self.agreed_weights(epoch)
         return record
@@ -219,8 +267,10 @@ class Trainer:
         """DDP keeps replicas identical; prove it, and stop loudly if they ever drift apart."""
         hashes = distributed.all_gather_object(distributed.weights_sha256(self.parts.model.state_dict()))
         if len(set(hashes)) != 1:
-            raise TrainingStopped(f"the {self.ctx.world} processes hold different weights after epoch {epoch} "
-                                  f"({', '.join(hashes)}); this is a bug, please report it")
+            raise TrainingStopped(
+                f"the {self.ctx.world} processes hold different weights after epoch {epoch} "
+                f"({', '.join(hashes)}); this is a bug, please report it"
+            )
         return hashes[0]
 
     def update_best(self, record: EpochRecord) -> bool:
@@ -242,8 +292,9 @@ class Trainer:
             weights = snapshot(self.parts.model.state_dict())  # one copy for best.pt, epoch_*.pt and last.pt
             jobs.append(partial(append_line, ctx.result_dir / "metrics.jsonl", record.to_json()))
             self.log(record.console_line(improved))
-        jobs += self.checkpointer.epoch_jobs(self.point(record.epoch + 1, 0), record, improved, weights,
-                                             write_last=not progress.mid_epoch)
+        jobs += self.checkpointer.epoch_jobs(
+            self.point(record.epoch + 1, 0), record, improved, weights, write_last=not progress.mid_epoch
+        )
         if progress.mid_epoch:  # the same point again, now knowing this epoch's validation
             jobs.append(self.checkpointer.last_job(progress.last, validated=self.state.best_so_far))
         if ctx.is_main:
@@ -287,14 +338,16 @@ class Trainer:
     def refuse_if_signalled_before_training(self) -> None:
         request, _ = self.signals.agreed()
         if request:  # (during start-up) nothing to continue from yet
-            raise TrainingStopped(f"{request} received before training started; nothing was saved",
-                                  StopReason.SIGNAL)
+            raise TrainingStopped(f"{request} received before training started; nothing was saved", StopReason.SIGNAL)
 
     def refuse_if_signalled_during_validation(self) -> None:
         request, _ = self.signals.agreed()
         if request:  # last.pt is complete, but the user asked to stop
-            raise TrainingStopped(f"{request} received: training is saved in {self.checkpointer.last_path}; the "
-                                  f"final test was skipped; run it with `{self.ctx.resume_hint}`", StopReason.SIGNAL)
+            raise TrainingStopped(
+                f"{request} received: training is saved in {self.checkpointer.last_path}; the "
+                f"final test was skipped; run it with `{self.ctx.resume_hint}`",
+                StopReason.SIGNAL,
+            )
 
     def stopped(self, message: str, reason: StopReason) -> TrainingStopped:
         self.writer.flush()  # the checkpoint the message names is on disk (or its write error is raised instead)
