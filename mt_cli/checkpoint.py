@@ -9,6 +9,7 @@ import torch
 from mt_cli import __version__, torch_io
 from mt_cli.config import Config, ConfigError, config_from_dict
 from mt_cli.data.tokenize import SideCodec
+from mt_cli.data.vocab import PAD
 from mt_cli.model.transformer import Transformer, build_model
 
 FORMAT = "mt_cli-checkpoint-1"
@@ -101,8 +102,6 @@ def restore(ckpt: dict, path: str | Path = "checkpoint") -> tuple[Transformer, C
         cfg = config_from_dict(ckpt["config"])
         _find_data_root(cfg, ckpt.get("data_root_abs"))
         codecs = {side: SideCodec.from_state(ckpt["codecs"][side]) for side in ("src", "tgt")}
-        from mt_cli.data.vocab import PAD
-
         model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD)
         misfit = weights_misfit(ckpt["model"], model.state_dict())
         if misfit:

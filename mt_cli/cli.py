@@ -1,4 +1,7 @@
-"""The `mt` command line: a thin layer that parses, loads the config, and calls one function per command."""
+"""The `mt` command line: a thin layer that parses, loads the config, and calls one function per command.
+
+Each command imports what it needs inside its function: `mt --help` and a config error answer at once,
+without importing torch (seconds)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,8 @@ from sacrebleu.metrics import BLEU, CHRF
 
 from mt_cli import distributed
 from mt_cli.atomic import write_json, write_text
+from mt_cli.averaging import average_checkpoints, epoch_checkpoints
+from mt_cli.checkpoint import load_checkpoint, restore
 from mt_cli.config import Config
 from mt_cli.data.arrays import has_split, split_names
 from mt_cli.data.batching import Split, batch_plan, iterate
@@ -169,9 +171,6 @@ def format_table(report: dict) -> str:
 def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, log) -> dict:
     """Average the last epochs if configured; test the average, or best.pt where it scores higher on the
     validation set (an early-stopped run averages epochs after its best); every test split, configured beam."""
-    from mt_cli.averaging import average_checkpoints, epoch_checkpoints
-    from mt_cli.checkpoint import load_checkpoint, restore
-
     best, beam = saved_dir / "best.pt", cfg.decode.beam_size
     if not best.is_file():
         log(

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from mt_cli.data.vocab import SPECIALS
+from mt_cli.model.layers import sinusoidal_table
 
 QUANTIZATIONS = ("float32", "int8", "int8_float16", "float16")
 CODECS_FILE, CONFIG_FILE = "mt_codecs.pt", "mt_config.json"
@@ -73,8 +74,6 @@ def _embeddings(spec, emb, positions: int) -> None:
     embeddings.weight = emb.tok.weight.detach().float().numpy()
     table = emb.pos.weight if emb.learned else emb.pe  # the model's own table, not CTranslate2's sinusoids
     if not emb.learned and table.size(0) < positions:
-        from mt_cli.model.layers import sinusoidal_table
-
         table = sinusoidal_table(positions, table.size(1))
     spec.position_encodings.encodings = table[:positions].detach().float().numpy()
     spec.scale_embeddings = True  # token × √d_model, as Embeddings does

@@ -16,6 +16,7 @@ from typing import BinaryIO
 import torch
 from tqdm import tqdm
 
+from mt_cli.atomic import atomic_path
 from mt_cli.config import Config
 from mt_cli.data.sources import DataError
 from mt_cli.data.vocab import EOS
@@ -244,8 +245,6 @@ def output_writer(output: str):
 
         yield to_stdout
         return
-    from mt_cli.atomic import atomic_path
-
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
 
         def to_file(text: str) -> None:

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from mt_cli import distributed
 from mt_cli.atomic import write_json, write_text
@@ -153,8 +154,6 @@ def _prepare_result_folder(ctx: RunContext, resumed: bool, kept_validation: bool
     resolved = json.loads(json.dumps(ctx.cfg.to_dict()))
     if read_json_or_none(result_dir / "config.json") != resolved or not (result_dir / "config.yaml").is_file():
         # (unchanged on resume: not rewritten, as `mt runs` orders runs by its time)
-        import yaml
-
         write_json(result_dir / "config.json", resolved)
         write_text(result_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
