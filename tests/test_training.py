@@ -136,9 +136,9 @@ def test_max_steps_and_last_epoch_stop_the_run(corpus, tmp_path):
         assert trainer.should_stop(2, EpochProgress(batches=22)) is None
         assert trainer.should_stop(3, EpochProgress(batches=22)) is StopReason.LAST_EPOCH
         assert trainer.should_stop(1, EpochProgress(batches=22, stopped_at=5)) is StopReason.MAX_STEPS
-        assert trainer.ended_already() is None
+        assert trainer.rules.ended_already(trainer.state) is None
         trainer.state.epoch = 4
-        assert trainer.ended_already() is StopReason.LAST_EPOCH
+        assert trainer.rules.ended_already(trainer.state) is StopReason.LAST_EPOCH
 
 
 def test_checkpointer_writes_best_epoch_and_last_in_order_and_rewrites_last_with_validation(corpus, tmp_path):
@@ -328,7 +328,9 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
         trainer = _trainer(corpus, tmp_path, writer, "train.epochs=1000", "train.val_bleu=false")
         trainer.log = logs.append
         ticks = iter([0.0, 25 * 0.5])  # the clock is read when measuring starts (step 5) and ends (step 30)
-        trainer.estimate = DurationEstimate(trainer.steps_to_go(1, 22, 0), "rel", clock=lambda: next(ticks))
+        trainer.estimate = DurationEstimate(
+            trainer.rules.steps_to_go(trainer.state, 1, 22, 0), "rel", clock=lambda: next(ticks)
+        )
         for epoch in (1, 2):  # 44 steps: the line comes once, at step 30
             progress = trainer.train_epoch(epoch)
             assert progress.stopped_at is None and trainer.state.step == 22 * epoch
@@ -346,7 +348,7 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
 def test_steps_to_go_counts_updates_to_the_end_of_the_run(corpus, tmp_path):
     with Writer() as writer:
         trainer = _trainer(corpus, tmp_path, writer, "train.epochs=3", "train.accumulate=4")
-        assert trainer.steps_to_go(1, 22, 0) == 6 * 3  # ceil(22 / 4) updates an epoch
-        assert trainer.steps_to_go(2, 22, 20) == 1 + 6
+        assert trainer.rules.steps_to_go(trainer.state, 1, 22, 0) == 6 * 3  # ceil(22 / 4) updates an epoch
+        assert trainer.rules.steps_to_go(trainer.state, 2, 22, 20) == 1 + 6
         trainer.cfg.train.max_steps, trainer.state.step = 10, 7
-        assert trainer.steps_to_go(1, 22, 0) == 3
+        assert trainer.rules.steps_to_go(trainer.state, 1, 22, 0) == 3

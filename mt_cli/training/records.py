@@ -6,6 +6,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
+from mt_cli.steps import StepTotals
+
 
 def perplexity(loss: float) -> float:
     return round(math.exp(min(loss, 50)), 3)  # capped: a diverging run's loss must not overflow the log
@@ -29,6 +31,18 @@ class EpochRecord:
     skipped: int
     processes: int | None = None  # set with several processes, with the weights hash they agreed on
     weights_sha256: str | None = None
+
+    @classmethod
+    def measure(cls, *, epoch: int, step: int, elapsed: float, totals: StepTotals, seconds: float, n_src: int,
+                n_tgt: int, val_loss: float, val_bleu: float | None, val_seconds: float, lr: float,
+                world: int) -> EpochRecord:  # fmt: skip
+        """An epoch's figures, rounded as the metrics line keeps them; throughput counts every process."""
+        return cls(
+            epoch=epoch, step=step, train_loss=round(totals.mean_loss, 4), val_loss=round(val_loss, 4),
+            val_ppl=perplexity(val_loss), val_bleu=val_bleu, lr=lr, seconds=round(seconds, 2),
+            val_seconds=round(val_seconds, 2), tokens_per_s=round((n_src + n_tgt) * world / seconds),
+            tgt_tokens_per_s=round(n_tgt * world / seconds), elapsed=round(elapsed, 1), steps=int(totals.steps),
+            skipped=int(totals.skipped))  # fmt: skip
 
     def metric(self, name: str) -> float | None:
         return self.val_bleu if name == "val_bleu" else self.val_loss

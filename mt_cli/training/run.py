@@ -56,9 +56,8 @@ def train(
     log = log if rank == 0 else _silent
     from mt_cli.plots import EpochReport  # matplotlib: only once a run starts
 
-    report_epoch = EpochReport(
-        cfg, log, enabled=rank == 0
-    )  # curves.png (+ TensorBoard): checked now, never fatal later
+    # curves.png (+ TensorBoard): checked now, never fatal later
+    report_epoch = EpochReport(cfg, log, enabled=rank == 0)
     saved_dir, result_dir, resume_path = distributed.on_main(open_run, cfg, resume, saved_root, result_root)
     resume_from = {}  # holds last.pt's content until it is restored, so that it can be let go of then (~300 MB)
     if resume_path:  # checked before anything slow: a bad checkpoint or config fails at once
@@ -69,39 +68,47 @@ def train(
         if cfg.train.init_from and not resume_path:  # checked before the run claims its folders
             resume_from["weights"] = distributed.on_main(initial_weights, cfg, codecs, log)
         saved_dir, result_dir = _claim_folders(cfg, saved_dir, result_dir, resume_path, saved_root, result_root)
-        ctx = RunContext(
-            cfg,
-            dev,
-            rank,
-            world,
-            saved_dir,
-            result_dir,
-            resume_command(saved_dir, result_dir, result_root, device, world),
-            log,
-        )
+        hint = resume_command(saved_dir, result_dir, result_root, device, world)
+        ctx = RunContext(cfg, dev, rank, world, saved_dir, result_dir, hint, log)
         try:
-            train_split.to(dev)
-            valid_split.to(dev)
-            parts = build_components(cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), dev, log, rank, world)
-            state = _starting_state(ctx, parts, resume_from, resume_path)
-            _log_start(ctx, parts, len(train_split))
-            log(f"batches: {train_split.description}; {valid_split.description}")
-            refs = _valid_refs(cfg) if rank == 0 and cfg.train.val_bleu else []
-            with Writer() as writer:
-                trainer = Trainer(
-                    ctx, parts, codecs, train_split, valid_split, refs, state, signals, writer, report_epoch
-                )
-                if trainer.stop is not None and resume_path:
-                    log(
-                        f"the run already reached {_why(trainer.stop, cfg)}; raise it to train longer (now only "
-                        f"the final test runs)"
-                    )
-                trainer.fit()
+            parts, state = _fit(
+                ctx, codecs, (train_split, valid_split), resume_from, resume_path, signals, report_epoch
+            )
         except BaseException:
             if not resume_path and rank == 0:
                 discard_run_folders(saved_dir, result_dir)
             raise
     return _finish(ctx, parts, state, started)
+
+
+def _fit(
+    ctx: RunContext,
+    codecs: dict,
+    splits: tuple,
+    resume_from: dict,
+    resume_path: Path | None,
+    signals: Signals,
+    report_epoch,
+) -> tuple[Components, RunState]:
+    """Build the run's parts on its device, set its starting state, and train it to its end."""
+    cfg, log = ctx.cfg, ctx.log
+    train_split, valid_split = (split.to(ctx.device) for split in splits)
+    parts = build_components(
+        cfg, len(codecs["src"].vocab), len(codecs["tgt"].vocab), ctx.device, log, ctx.rank, ctx.world
+    )
+    state = _starting_state(ctx, parts, resume_from, resume_path)
+    _log_start(ctx, parts, len(train_split))
+    log(f"batches: {train_split.description}; {valid_split.description}")
+    refs = _valid_refs(cfg) if ctx.is_main and cfg.train.val_bleu else []
+    with Writer() as writer:
+        trainer = Trainer(ctx, parts, codecs, train_split, valid_split, refs, state, signals, writer, report_epoch)
+        if trainer.stop is not None and resume_path:
+            log(
+                f"the run already reached {_why(trainer.stop, cfg)}; raise it to train longer (now only the "
+                f"final test runs)"
+            )
+        trainer.fit()
+    return parts, state
 
 
 def _claim_folders(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from mt_cli import distributed
+from mt_cli.training.state import StopReason, TrainingStopped
 
 
 class Signals:
@@ -57,3 +59,19 @@ class Signals:
             return self.hit, list(values)
         flag, *maxima = distributed.all_reduce_max([1.0 if self.hit else 0.0, *values])
         return (self.hit or "SIGTERM") if flag else None, maxima
+
+    def refuse_before_training(self) -> None:
+        """A signal during start-up: stop before the first step (there is nothing to continue from yet)."""
+        request, _ = self.agreed()
+        if request:
+            raise TrainingStopped(f"{request} received before training started; nothing was saved", StopReason.SIGNAL)
+
+    def refuse_after_training(self, last: Path, resume_hint: str) -> None:
+        """A signal during the last validation: last.pt is complete, but the user asked to stop before the test."""
+        request, _ = self.agreed()
+        if request:
+            raise TrainingStopped(
+                f"{request} received: training is saved in {last}; the final test was skipped; run it with "
+                f"`{resume_hint}`",
+                StopReason.SIGNAL,
+            )

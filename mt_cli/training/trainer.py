@@ -25,9 +25,10 @@ from mt_cli.steps import SKIPPED, StepTotals
 from mt_cli.training.checkpointer import Checkpointer, LastState
 from mt_cli.training.components import Components
 from mt_cli.training.estimate import DurationEstimate
-from mt_cli.training.records import EpochRecord, perplexity
+from mt_cli.training.records import EpochRecord
 from mt_cli.training.signals import Signals
 from mt_cli.training.state import BestSoFar, RunState, StopReason, TrainingStopped
+from mt_cli.training.stopping import StopRules
 from mt_cli.writer import Writer, snapshot
 
 
@@ -103,12 +104,13 @@ class Trainer:
         self.check_every = 1 if ctx.device.type == "cpu" else 50
         self.seen_skipped = 0.0
         self.estimate: DurationEstimate | None = None  # made at the first epoch this process trains (CPU only)
-        self.stop: StopReason | None = self.ended_already()
+        self.rules = StopRules(ctx.cfg.train)
+        self.stop: StopReason | None = self.rules.ended_already(state)
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> None:
         """For each epoch: train, validate, keep the best, save, and stop at a limit."""
-        self.refuse_if_signalled_before_training()
+        self.signals.refuse_before_training()
         for epoch in range(self.state.epoch, self.cfg.train.epochs + 1):
             if self.stop is not None:
                 break
@@ -119,7 +121,7 @@ class Trainer:
             self.save_epoch(record, improved, progress)
             self.stop = self.should_stop(epoch, progress)
         self.writer.close()  # everything on disk before the final test reads best.pt and the epoch checkpoints
-        self.refuse_if_signalled_during_validation()
+        self.signals.refuse_after_training(self.checkpointer.last_path, self.ctx.resume_hint)
 
     def train_epoch(self, epoch: int) -> EpochProgress:
         """This rank's share of the epoch's batches, from the saved position when the run resumes in it."""
@@ -132,7 +134,7 @@ class Trainer:
         start = min(state.position, len(plan)) if epoch == state.epoch else 0
         self.seen_skipped = float(self.parts.stepper.acc[SKIPPED].item()) if start else 0.0
         if self.estimate is None and self.ctx.device.type == "cpu":
-            self.estimate = DurationEstimate(self.steps_to_go(epoch, len(plan), start), self.cfg.name)
+            self.estimate = DurationEstimate(self.rules.steps_to_go(state, epoch, len(plan), start), self.cfg.name)
         progress, request, started = EpochProgress(len(plan)), None, time.time()
         bar = tqdm(
             iterate(self.train_split, plan, self.ctx.device, start),
@@ -154,7 +156,7 @@ class Trainer:
                 request = self.check_health(epoch, position)
             if cfg.save_every and state.step % cfg.save_every == 0:
                 self.checkpointer.save_last(self.point(epoch, position))
-            if request or self.max_steps_reached():
+            if request or self.rules.max_steps_reached(state):
                 progress.stopped_at = position
                 break
         bar.close()
@@ -222,45 +224,25 @@ class Trainer:
     def validate(self, epoch: int, progress: EpochProgress, totals: StepTotals) -> EpochRecord:
         """Validation loss (all ranks) and BLEU of real decoding (rank 0); the LR schedule steps on the loss."""
         started = time.time()
-        parts, cfg = self.parts, self.cfg
-        val_loss = validation_loss(parts.model, self.valid_split, cfg, self.ctx.device, parts.amp_dtype)
+        parts, cfg, dev = self.parts, self.cfg, self.ctx.device
+        val_loss = validation_loss(parts.model, self.valid_split, cfg, dev, parts.amp_dtype)
         val_bleu = None
         if cfg.train.val_bleu:
             if self.ctx.is_main:
-                hyps = decode_split(
-                    parts.model,
-                    self.codecs,
-                    cfg,
-                    self.valid_split,
-                    self.ctx.device,
-                    cfg.train.val_beam_size,
-                    parts.amp_dtype,
-                )
+                beam = cfg.train.val_beam_size
+                hyps = decode_split(parts.model, self.codecs, cfg, self.valid_split, dev, beam, parts.amp_dtype)
                 val_bleu = score(hyps, self.valid_refs, cfg.data.lowercase)["bleu"]
             val_bleu = distributed.broadcast_float(val_bleu)
         val_seconds = time.time() - started
         lr = parts.schedule.lr
         parts.schedule.after_epoch(epoch, val_loss)
         self.state.elapsed = self.elapsed()
-        world = self.ctx.world
-        record = EpochRecord(
-            epoch=epoch,
-            step=self.state.step,
-            train_loss=round(totals.mean_loss, 4),
-            val_loss=round(val_loss, 4),
-            val_ppl=perplexity(val_loss),
-            val_bleu=val_bleu,
-            lr=lr,
-            seconds=round(progress.seconds, 2),
-            val_seconds=round(val_seconds, 2),
-            tokens_per_s=round((progress.n_src + progress.n_tgt) * world / progress.seconds),
-            tgt_tokens_per_s=round(progress.n_tgt * world / progress.seconds),
-            elapsed=round(self.state.elapsed, 1),
-            steps=int(totals.steps),
-            skipped=int(totals.skipped),
-        )
-        if world > 1:
-            record.processes, record.weights_sha256 = world, self.agreed_weights(epoch)
+        record = EpochRecord.measure(
+            epoch=epoch, step=self.state.step, elapsed=self.state.elapsed, totals=totals, seconds=progress.seconds,
+            n_src=progress.n_src, n_tgt=progress.n_tgt, val_loss=val_loss, val_bleu=val_bleu,
+            val_seconds=val_seconds, lr=lr, world=self.ctx.world)  # fmt: skip
+        if self.ctx.world > 1:
+            record.processes, record.weights_sha256 = self.ctx.world, self.agreed_weights(epoch)
         return record
 
     def agreed_weights(self, epoch: int) -> str:
@@ -301,53 +283,10 @@ class Trainer:
             jobs.append(partial(self.report_epoch, record.to_dict(), ctx.result_dir))
         self.writer.submit(*jobs)
 
-    def steps_to_go(self, epoch: int, batches: int, start: int) -> int:
-        """Updates left from batch `start` of `epoch` to the end of the run (train.epochs or train.max_steps)."""
-        per_epoch = -(-batches // self.cfg.train.accumulate)
-        left = -(-(batches - start) // self.cfg.train.accumulate) + per_epoch * (self.cfg.train.epochs - epoch)
-        if self.cfg.train.max_steps:
-            left = min(left, self.cfg.train.max_steps - self.state.step)
-        return max(left, 0)
-
-    # -- when to stop ------------------------------------------------------------------------------
-    def max_steps_reached(self) -> bool:
-        return bool(self.cfg.train.max_steps and self.state.step >= self.cfg.train.max_steps)
-
-    def early_stopping_due(self) -> bool:
-        patience = self.cfg.train.early_stopping
-        return bool(patience and self.state.bad_epochs >= patience)
-
     def should_stop(self, epoch: int, progress: EpochProgress) -> StopReason | None:
-        early = self.early_stopping_due()
-        if early:
+        if self.rules.early_stopping_due(self.state):
             self.log(f"early stopping: no better {self.cfg.train.best_metric} for {self.state.bad_epochs} epochs")
-        if progress.stopped_at is not None:
-            return StopReason.MAX_STEPS
-        if early:
-            return StopReason.EARLY_STOPPING
-        return StopReason.LAST_EPOCH if epoch == self.cfg.train.epochs else None
-
-    def ended_already(self) -> StopReason | None:
-        """The reason a resumed run has nothing left to train (then only its final test runs)."""
-        if self.early_stopping_due():
-            return StopReason.EARLY_STOPPING
-        if self.max_steps_reached():
-            return StopReason.MAX_STEPS
-        return StopReason.LAST_EPOCH if self.state.epoch > self.cfg.train.epochs else None
-
-    def refuse_if_signalled_before_training(self) -> None:
-        request, _ = self.signals.agreed()
-        if request:  # (during start-up) nothing to continue from yet
-            raise TrainingStopped(f"{request} received before training started; nothing was saved", StopReason.SIGNAL)
-
-    def refuse_if_signalled_during_validation(self) -> None:
-        request, _ = self.signals.agreed()
-        if request:  # last.pt is complete, but the user asked to stop
-            raise TrainingStopped(
-                f"{request} received: training is saved in {self.checkpointer.last_path}; the "
-                f"final test was skipped; run it with `{self.ctx.resume_hint}`",
-                StopReason.SIGNAL,
-            )
+        return self.rules.after_epoch(self.state, epoch, progress.stopped_at is not None)
 
     def stopped(self, message: str, reason: StopReason) -> TrainingStopped:
         self.writer.flush()  # the checkpoint the message names is on disk (or its write error is raised instead)
