@@ -1,4 +1,4 @@
-"""Scoring real decoded output with sacreBLEU (BLEU with its signature, chrF), evaluation reports, the
+"""Scoring real decoded output (mt_cli/metrics.py: cased sacreBLEU, lowercased BLEU, chrF, TER), evaluation reports, the
 validation loss, and the final test of a training run."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import torch
-from sacrebleu.metrics import BLEU, CHRF
 
 from mt_cli import distributed
 from mt_cli.atomic import write_json, write_text
@@ -19,23 +18,9 @@ from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.decode import translate_ids
+from mt_cli.metrics import format_table, score  # noqa: F401 - format_table: the CLI's table of these reports
 from mt_cli.safe_parse import read_json_or_none
 from mt_cli.steps import autocast, loss_sum
-
-
-def score(hyps: list[str], refs: list[str], lowercase: bool) -> dict:
-    """Corpus BLEU (13a) and chrF over whole sentences; lowercased when the corpus is."""
-    bleu = BLEU(lowercase=lowercase)
-    chrf = CHRF(lowercase=lowercase)
-    b = bleu.corpus_score(hyps, [refs])
-    c = chrf.corpus_score(hyps, [refs])
-    return {
-        "bleu": round(b.score, 2),
-        "chrf": round(c.score, 2),
-        "bleu_signature": str(bleu.get_signature()),
-        "chrf_signature": str(chrf.get_signature()),
-        "sentences": len(hyps),
-    }
 
 
 @torch.no_grad()
@@ -128,7 +113,8 @@ def evaluate_splits(
             res.update(checkpoint=checkpoint, checkpoint_modified=made)
         report[split] = res
         log(
-            f"{split}: BLEU {res['bleu']:.2f}  chrF {res['chrf']:.2f}  ({len(hyps[split])} sentences, beam "
+            f"{split}: BLEU {res['bleu']:.2f} (lc {res['bleu_lc']:.2f})  chrF {res['chrf']:.2f}  TER {res['ter']:.2f}  "
+            f"({len(hyps[split])} sentences, beam "
             f"{beam_size}, {res['sentences_per_s']:.0f} sent/s)"
         )
     if out_dir is not None and report:
@@ -158,14 +144,6 @@ def _write_reports(out_dir: Path, report: dict, hyps: dict, tag: str, beam_size:
         for p in created:
             p.unlink(missing_ok=True)
         raise
-
-
-def format_table(report: dict) -> str:
-    rows = [f"{'split':<20} {'BLEU':>6} {'chrF':>6} {'beam':>4} {'sent/s':>8}"]
-    for split, r in report.items():
-        rows.append(f"{split:<20} {r['bleu']:>6.2f} {r['chrf']:>6.2f} {r['beam_size']:>4} {r['sentences_per_s']:>8.0f}")
-    sig = next(iter(report.values()))["bleu_signature"] if report else ""
-    return "\n".join(rows + [f"BLEU signature: {sig}"])
 
 
 def final_test(cfg: Config, saved_dir: Path, result_dir: Path, dev, amp_dtype, log) -> dict:

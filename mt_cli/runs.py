@@ -53,11 +53,13 @@ def load_run(folder: Path) -> dict:
     bleus = [r["val_bleu"] for r in recs if _finite(r.get("val_bleu"))]
     losses = [r["val_loss"] for r in recs if _finite(r.get("val_loss"))]
     tests = summary.get("test")
-    test = {
-        k: v["bleu"]
+    scored = {
+        k: v
         for k, v in (tests if isinstance(tests, dict) else {}).items()
         if k.startswith("test") and isinstance(v, dict) and "bleu" in v
     }
+    test = {k: v["bleu"] for k, v in scored.items()}
+    test_lc = {k: v["bleu_lc"] for k, v in scored.items() if "bleu_lc" in v}  # (runs before cased scoring: none)
     return {
         "run": folder.name,
         "path": str(folder),
@@ -66,6 +68,7 @@ def load_run(folder: Path) -> dict:
         "best_val_bleu": max(bleus) if bleus else None,
         "best_val_loss": min(losses) if losses else None,
         "test_bleu": test,
+        "test_bleu_lc": test_lc,
         "finished": bool(summary),
     }
 
@@ -106,7 +109,8 @@ def format_runs(report: dict) -> str:
     tests: list[str] = []
     for r in runs:
         tests += [t for t in r["test_bleu"] if t not in tests]
-    header = ["run"] + diff + ["epochs", "best val BLEU", "best val loss"] + [f"{t} BLEU" for t in tests]
+    header = ["run"] + diff + ["epochs", "best val BLEU", "best val loss"]
+    header += [h for t in tests for h in (f"{t} BLEU", f"{t} BLEU lc")]
     rows = []
     for r in runs:
         cfg = r["config"]
@@ -114,7 +118,7 @@ def format_runs(report: dict) -> str:
             [r["run"]]
             + [_fmt(cfg[k]) if cfg.get(k) is not None else "null" if k in cfg else MISSING for k in diff]
             + [str(r["epochs"]), _fmt(r["best_val_bleu"]), _fmt(r["best_val_loss"])]
-            + [_fmt(r["test_bleu"].get(t)) for t in tests]
+            + [cell for t in tests for cell in (_fmt(r["test_bleu"].get(t)), _fmt(r.get("test_bleu_lc", {}).get(t)))]
         )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     numeric = set(range(len(diff) + 1, len(header)))
@@ -125,4 +129,5 @@ def format_runs(report: dict) -> str:
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
     if len(runs) > 1 and not diff:
         out.append("(the runs have the same config)")
+    out.append("BLEU: cased sacreBLEU (13a) on detokenized output; BLEU lc: the same output lowercased")
     return "\n".join(s.rstrip() for s in out)

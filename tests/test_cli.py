@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 from conftest import TINY
-from sacrebleu.metrics import BLEU
+from sacrebleu.metrics import BLEU, TER
 
 from mt_cli.checkpoint import load_checkpoint, load_for_inference
 from mt_cli.config import load_config
@@ -186,11 +186,15 @@ def test_evaluate_prints_the_table_and_writes_reports(run):
         mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2016_flickr", "--device", "cpu", cwd=tmp)
     )
     lines = p.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["split", "BLEU", "chrF"])
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["split", "BLEU"])
+    assert lines[header].split() == ["split", "BLEU", "BLEU", "lc", "chrF", "TER", "beam", "sent/s"]
     row = lines[header + 1].split()
-    assert row[0] == "test_2016_flickr" and row[3] == "1"  # beam 1 (greedy) by default
+    assert row[0] == "test_2016_flickr" and row[5] == "1"  # beam 1 (greedy) by default
+    # the headline is cased sacreBLEU, as the field reports it; the lowercased score and its signature beside
     sig = next(line for line in lines if line.startswith("BLEU signature: "))
-    assert sig.startswith("BLEU signature: nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:")
+    assert sig.startswith("BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    sig_lc = next(line for line in lines if line.startswith("BLEU lc signature: "))
+    assert sig_lc.startswith("BLEU lc signature: nrefs:1|case:lc|eff:no|tok:13a|smooth:exp|version:")
 
     out = tmp / "result" / "tiny" / "eval"
     report = json.loads((out / "eval.best.beam1.json").read_text())
@@ -198,11 +202,14 @@ def test_evaluate_prints_the_table_and_writes_reports(run):
     r = report["test_2016_flickr"]
     assert r["checkpoint"] == "saved/tiny/best.pt"
     assert r["sentences"] == 1000 and r["beam_size"] == 1 and f"BLEU signature: {r['bleu_signature']}" == sig
-    assert float(row[1]) == pytest.approx(r["bleu"], abs=0.01)
+    assert [float(x) for x in row[1:5]] == pytest.approx([r["bleu"], r["bleu_lc"], r["chrf"], r["ter"]], abs=0.01)
     hyps = read_lines(out / "test_2016_flickr.best.beam1.hyp")
     assert len(hyps) == 1000
     refs = read_lines(next((tmp / "data").glob("*/test_2016_flickr.ref.en")))
-    assert BLEU(lowercase=True).corpus_score(hyps, [refs]).score == pytest.approx(r["bleu"], abs=0.01)
+    assert BLEU().corpus_score(hyps, [refs]).score == pytest.approx(r["bleu"], abs=0.01)
+    assert BLEU(lowercase=True).corpus_score(hyps, [refs]).score == pytest.approx(r["bleu_lc"], abs=0.01)
+    assert TER().corpus_score(hyps, [refs]).score == pytest.approx(r["ter"], abs=0.01)
+    assert any(ref != ref.lower() for ref in refs)  # the corpus keeps its case (configs/tiny.yaml)
     # another split of the same checkpoint joins the report; another checkpoint gets its own files
     ok(mt("evaluate", "--checkpoint", "saved/tiny/best.pt", "--split", "test_2017_mscoco", "--device", "cpu", cwd=tmp))
     assert set(json.loads((out / "eval.best.beam1.json").read_text())) == {"test_2016_flickr", "test_2017_mscoco"}

@@ -209,7 +209,7 @@ def test_prepared_ids_match_the_text(prepared, real_lines):
         assert d["src"][a:b].tolist() == codecs["src"].encode([raw_de[i]])[0]
         a, b = int(d["tgt_off"][i]), int(d["tgt_off"][i + 1])
         assert d["tgt"][a:b].tolist() == codecs["tgt"].encode([raw_en[i]])[0]
-    assert read_lines(folder / "valid.ref.en") == [normalize(t, True) for t in raw_en]
+    assert read_lines(folder / "valid.ref.en") == [normalize(t, prepared.cfg.data.lowercase) for t in raw_en]
     assert read_lines(folder / "valid.de") == raw_de
 
 
@@ -270,7 +270,7 @@ def test_prepare_skips_empty_and_too_long_training_pairs(tmp_path, real_lines):
     assert man["train"] == {**man["train"], "raw_lines": 33, "pairs": 30, "skipped_empty": 2, "skipped_too_long": 1}
     assert man["valid"]["pairs"] == man["valid"]["raw_lines"] == 5
     assert len(Split(folder / "train")) == 30
-    assert read_lines(folder / "train.ref.en") == [normalize(t, True) for _, t in pairs[:30]]
+    assert read_lines(folder / "train.ref.en") == [normalize(t, DataConfig().lowercase) for _, t in pairs[:30]]
 
 
 def test_checksum_mismatch_is_a_data_error(tmp_path, multi30k_dir):

@@ -130,7 +130,8 @@ def test_files_corpus_prepares_and_trains(user_files):
     assert is_prepared(cfg.data)
     summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
     assert {"test_news", "test_dev"} <= set(summary["test"])  # every test file is scored at the end
-    # the scores are sacreBLEU's on the written translations against the raw reference lines, lowercased here
+    # the scores are sacreBLEU's on the written translations against the raw reference lines (whitespace-collapsed):
+    # cased BLEU and chrF as the headline, lowercased BLEU beside them
     import sacrebleu
 
     raw_refs = {
@@ -142,10 +143,13 @@ def test_files_corpus_prepares_and_trains(user_files):
     for split, refs in raw_refs.items():
         hyps = (Path(summary["result"]) / f"{split}.beam1.hyp").read_text(encoding="utf-8").splitlines()
         assert len(hyps) == len(refs) == summary["test"][split]["sentences"] == {"test_news": 25, "test_dev": 30}[split]
-        want = sacrebleu.corpus_bleu([h.lower() for h in hyps], [[" ".join(r.lower().split()) for r in refs]])
+        refs = [" ".join(r.split()) for r in refs]
+        want = sacrebleu.corpus_bleu(hyps, [refs])
         assert summary["test"][split]["bleu"] == pytest.approx(round(want.score, 2), abs=0.011), split
+        want_lc = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True)
+        assert summary["test"][split]["bleu_lc"] == pytest.approx(round(want_lc.score, 2), abs=0.011), split
         # after 2 steps BLEU may be 0 for any output; chrF (character n-grams) is not
-        chrf = sacrebleu.corpus_chrf([h.lower() for h in hyps], [[" ".join(r.lower().split()) for r in refs]]).score
+        chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
         assert chrf > 0 and summary["test"][split]["chrf"] == pytest.approx(round(chrf, 2), abs=0.011), split
     # an edited input file makes the prepared corpus stale
     with open(base / "dev.en", "a", encoding="utf-8") as f:

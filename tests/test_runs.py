@@ -56,6 +56,7 @@ def test_report_lists_the_differing_key_and_scores(two_runs):
         assert isinstance(r["best_val_bleu"], float)
         summary = json.loads((two_runs / r["run"] / "summary.json").read_text())
         assert r["test_bleu"] == {"test_dev": summary["test"]["test_dev"]["bleu"]}
+        assert r["test_bleu_lc"] == {"test_dev": summary["test"]["test_dev"]["bleu_lc"]}
     table = format_runs(report).splitlines()
     assert table[0].split() == [
         "run",
@@ -69,7 +70,11 @@ def test_report_lists_the_differing_key_and_scores(two_runs):
         "loss",
         "test_dev",
         "BLEU",
+        "test_dev",
+        "BLEU",
+        "lc",
     ]
+    assert table[-1].startswith("BLEU: cased sacreBLEU")
     assert table[2].split()[:3] == ["exp", "0.001", "1"] and table[3].split()[:3] == ["exp-2", "0.002", "1"]
 
 
@@ -105,7 +110,8 @@ def test_unfinished_run_and_missing_keys(tmp_path):
     assert table[0].split() == ["run", "train.lr", "epochs", "best", "val", "BLEU", "best", "val", "loss"]
     assert set(table[1]) == {"-", " "}  # the separator row
     # a missing value is "-" in its own cell: a's lr (no config) and BLEU (null), b's scores (no metrics yet)
-    rows = {line.split()[0]: line.split() for line in table[2:]}
+    assert table[-1].startswith("BLEU: cased sacreBLEU")
+    rows = {line.split()[0]: line.split() for line in table[2:-1]}
     assert rows == {"a": ["a", "-", "1", "-", "4"], "b": ["b", "0.1", "0", "-", "-"]}
 
 

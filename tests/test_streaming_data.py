@@ -23,6 +23,8 @@ from mt_cli.data.sources import DataError, read_lines
 from mt_cli.data.tokenize import SideCodec, normalize
 from mt_cli.data.vocab import SPECIALS
 
+DEFAULT_CASE = DataConfig().lowercase  # the casing of the configs these tests build (references follow it)
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reliability_support as S  # noqa: E402
 
@@ -78,7 +80,7 @@ def test_workers_and_chunk_size_do_not_change_the_output(tmp_path, pairs, monkey
     monkeypatch.setattr(stream, "CHUNK_LINES", 170)  # many chunks, the last one short, in 2 processes
     two = prepare_corpus(files_config(tmp_path / "b", train, valid, **kw), workers=2, **QUIET)
     assert folder_bytes(one) == folder_bytes(two)
-    assert read_lines(two / "train.ref.en") == [normalize(t, True) for _, t in pairs]
+    assert read_lines(two / "train.ref.en") == [normalize(t, DEFAULT_CASE) for _, t in pairs]
     assert read_lines(two / "train.de") == [s for s, _ in pairs]
 
 
@@ -106,7 +108,7 @@ def test_crlf_byte_order_mark_and_a_missing_last_newline(tmp_path, pairs):
     (tmp_path / "t.tsv").write_bytes(text.encode())
     folder = prepare_corpus(files_config(tmp_path / "d", tmp_path / "t.tsv", tmp_path / "t.tsv"), **QUIET)
     assert read_lines(folder / "train.de") == [a for a, _ in rows]
-    assert read_lines(folder / "valid.ref.en") == [normalize(b, True) for _, b in rows]
+    assert read_lines(folder / "valid.ref.en") == [normalize(b, DEFAULT_CASE) for _, b in rows]
 
 
 # --- cleaning -------------------------------------------------------------------------------------------------
@@ -122,7 +124,8 @@ def test_cleaning_options_drop_and_count_training_pairs_only(tmp_path, pairs):
     ]  # a 32:4 token ratio
     train = write_tsv(tmp_path / "train.tsv", base + extra)
     valid = write_tsv(tmp_path / "valid.tsv", extra)
-    cfg = files_config(tmp_path / "d", train, valid, dedup=True, drop_identical=True, max_ratio=3.0)
+    # lowercased, so that the uppercased repeat is a duplicate too
+    cfg = files_config(tmp_path / "d", train, valid, dedup=True, drop_identical=True, max_ratio=3.0, lowercase=True)
     folder = prepare_corpus(cfg, **QUIET)
     info = load_manifest(folder)["splits"]
     state = torch.load(folder / "codecs.pt", weights_only=True)
@@ -153,8 +156,8 @@ def test_cleaning_options_drop_and_count_training_pairs_only(tmp_path, pairs):
 
 
 def test_cleaning_defaults_keep_the_fingerprint_of_earlier_versions():
-    # the value mt_cli 0.x gave configs/tiny.yaml's data section before the cleaning keys existed
-    assert load_config(TINY).data.fingerprint().startswith("dc14a8")
+    # the value mt_cli 0.x gave configs/tiny.yaml's data section (then lowercased) before the cleaning keys existed
+    assert load_config(TINY, ["data.lowercase=true"]).data.fingerprint().startswith("dc14a8")
     assert (
         DataConfig(dedup=True).fingerprint()
         != DataConfig().fingerprint()

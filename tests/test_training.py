@@ -100,6 +100,7 @@ def _record(epoch: int, val_loss: float) -> EpochRecord:
         val_loss=val_loss,
         val_ppl=math.exp(val_loss),
         val_bleu=None,
+        val_bleu_lc=None,
         lr=1e-3,
         seconds=1.0,
         val_seconds=0.1,

@@ -31,7 +31,8 @@ def tiny(real_lines):
 @pytest.fixture(scope="module")
 def memorized(tiny):
     """(source, translation) pairs whose greedy output, decoded here directly, is the reference itself."""
-    pairs = [(s, g) for s, g, t in zip(tiny.src, tiny.greedy, tiny.tgt) if g == t.lower()]
+    lowercase = tiny.cfg.data.lowercase
+    pairs = [(s, g) for s, g, t in zip(tiny.src, tiny.greedy, tiny.tgt) if g == (t.lower() if lowercase else t)]
     assert len(pairs) >= 30 and len({g for _, g in pairs}) == len(pairs)
     return pairs
 

@@ -77,7 +77,7 @@ class DataConfig:
     train: Optional[str] = None
     valid: Optional[str] = None
     test: list[str] = field(default_factory=list)
-    lowercase: bool = True
+    lowercase: bool = False  # natural case, scored with cased sacreBLEU (true: to compare with papers that do)
     tokenizer: Literal["spacy", "sentencepiece"] = "spacy"
     sp_type: Literal["bpe", "unigram"] = "bpe"
     sp_vocab_size: int = 8000

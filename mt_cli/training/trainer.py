@@ -20,7 +20,8 @@ from mt_cli import distributed
 from mt_cli.atomic import append_line
 from mt_cli.config import Config
 from mt_cli.data.batching import Batch, Split, batch_plan, iterate, shard
-from mt_cli.evaluate import decode_split, score, validation_loss
+from mt_cli.evaluate import decode_split, validation_loss
+from mt_cli.metrics import EPOCH_METRICS, score
 from mt_cli.steps import SKIPPED, StepTotals
 from mt_cli.training.checkpointer import Checkpointer, LastState
 from mt_cli.training.components import Components
@@ -226,20 +227,21 @@ class Trainer:
         started = time.time()
         parts, cfg, dev = self.parts, self.cfg, self.ctx.device
         val_loss = validation_loss(parts.model, self.valid_split, cfg, dev, parts.amp_dtype)
-        val_bleu = None
+        bleus = (None, None)  # cased, lowercased
         if cfg.train.val_bleu:
             if self.ctx.is_main:
                 beam = cfg.train.val_beam_size
                 hyps = decode_split(parts.model, self.codecs, cfg, self.valid_split, dev, beam, parts.amp_dtype)
-                val_bleu = score(hyps, self.valid_refs, cfg.data.lowercase)["bleu"]
-            val_bleu = distributed.broadcast_float(val_bleu)
+                scores = score(hyps, self.valid_refs, cfg.data.lowercase, keys=EPOCH_METRICS)
+                bleus = (scores["bleu"], scores["bleu_lc"])
+            bleus = distributed.broadcast_object(bleus)
         val_seconds = time.time() - started
         lr = parts.schedule.lr
         parts.schedule.after_epoch(epoch, val_loss)
         self.state.elapsed = self.elapsed()
         record = EpochRecord.measure(
             epoch=epoch, step=self.state.step, elapsed=self.state.elapsed, totals=totals, seconds=progress.seconds,
-            n_src=progress.n_src, n_tgt=progress.n_tgt, val_loss=val_loss, val_bleu=val_bleu,
+            n_src=progress.n_src, n_tgt=progress.n_tgt, val_loss=val_loss, val_bleu=bleus[0], val_bleu_lc=bleus[1],
             val_seconds=val_seconds, lr=lr, world=self.ctx.world)  # fmt: skip
         if self.ctx.world > 1:
             record.processes, record.weights_sha256 = self.ctx.world, self.agreed_weights(epoch)
