@@ -54,7 +54,7 @@ def build_corpus(folder: Path, n: int, seed: int = 0) -> Path:
     cfg.write_text(
         f"""name: big
 data: {{corpus: files, name: big, root: {folder / "data"}, train: {folder / "train"}, valid: {folder / "valid"},
-        tokenizer: sentencepiece, sp_type: bpe, sp_vocab_size: 8000}}
+        tokenizer: sentencepiece, sp_type: bpe, sp_vocab_size: 8000, lowercase: true}}
 model: {{d_model: 32, n_heads: 2, enc_layers: 1, dec_layers: 1, d_ff: 64, dropout: 0.1}}
 train: {{epochs: 1, max_tokens: 1024, val_bleu: false, save_every: 0}}
 decode: {{beam_size: 1, batch_size: 256}}
@@ -195,6 +195,13 @@ def train_again(args) -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
 
+def _code_version() -> str:
+    """The commit measured, and whether the working tree differed from it."""
+    run = lambda *cmd: subprocess.run(cmd, cwd=REPO, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    dirty = run("git", "status", "--porcelain", "--untracked-files=no")
+    return run("git", "rev-parse", "--short", "HEAD") + (" plus uncommitted changes" if dirty else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -215,7 +222,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.train_only:
         return train_again(args)
-    report = {"cpus": os.cpu_count(), "workers": args.workers, "load_before": os.getloadavg(), "runs": []}
+    report = {
+        "cpus": os.cpu_count(),
+        "workers": args.workers,
+        "code": _code_version(),
+        "corpus": "files corpus: each pair joins 1-3 random Multi30k de-en training pairs; sentencepiece bpe 8000 "
+        "per side, lowercased, data.sp_sample 1,000,000; prepare --workers 2 --force",
+        "load_before": os.getloadavg(),
+        "runs": [],
+    }
     mt = [sys.executable, "-m", "mt_cli"]
     for n in args.sizes:
         folder = Path(args.work) / str(n)
@@ -246,7 +261,7 @@ def main() -> None:
         run["train_20_steps"] = train = measure_train(folder, cfg)
         print(json.dumps(train), flush=True)
         report["runs"].append(run)
-        report["load_after"] = os.getloadavg()
+        report["load_after"] = os.getloadavg()  # 1, 5 and 15 minute load averages, as after each size
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 

@@ -139,14 +139,14 @@ def _length_blocks(path: Path, chunk: int):
 
 
 def row_lengths(path: Path, chunk: int = 1 << 20) -> np.ndarray:
-    """Row lengths of one side: int16 when they fit with room for <eos> and bucket rounding, else int32.
-    Two passes, so that only the result is held."""
-    n, longest = 0, 0
-    for n, lens in _length_blocks(path, chunk):  # noqa: B007 - n: the row count, the same in every block
-        longest = max(longest, int(lens.max()))
-    out = np.empty(n, np.int16 if longest < 30_000 else np.int32)
-    at = 0
-    for _, lens in _length_blocks(path, chunk):
+    """Row lengths of one side, in one pass: int16 while they fit with room for <eos> and bucket rounding (widened
+    to int32 only if a longer row comes), so that no int64 array of the whole split is ever held."""
+    out, at = None, 0
+    for n, lens in _length_blocks(path, chunk):
+        if out is None:
+            out = np.empty(n, np.int16)
+        if out.dtype == np.int16 and int(lens.max()) >= 30_000:
+            out = out.astype(np.int32)
         out[at : at + len(lens)] = lens
         at += len(lens)
-    return out
+    return out if out is not None else np.zeros(0, np.int16)

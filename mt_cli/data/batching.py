@@ -89,30 +89,53 @@ def batch_plan(
     shapes repeat (CUDA graphs, compiled kernels); with `fill`, short batches are topped up with
     filler rows so every batch of a bucket has the same shape."""
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    buckets, counts = torch.unique(split.bucket, return_counts=True)
-    sizes = [batch_sentences or max(1, max_tokens // int(L)) for L in buckets.tolist()]
-    padded = [math.ceil(c / s) * s if fill else c for c, s in zip(counts.tolist(), sizes)]
-    rows = torch.empty(sum(padded), dtype=torch.int32)
+    buckets, counts = _bucket_counts(split.bucket.numpy())
+    sizes = [batch_sentences or max(1, max_tokens // L) for L in buckets]
+    padded = [math.ceil(c / s) * s if fill else c for c, s in zip(counts, sizes)]
+    starts = np.cumsum([0] + padded[:-1]).tolist()
+    rows = _rows_by_bucket(split.bucket.numpy(), buckets, starts, sum(padded))
     start, size, length = [], [], []
-    at = 0
-    for L, n_rows, bsize in zip(buckets.tolist(), padded, sizes):
-        idx = torch.nonzero(split.bucket == L).flatten()
+    for L, at, count, n_rows, bsize in zip(buckets, starts, counts, padded, sizes):
+        idx = rows[at : at + count]  # this bucket's rows, in file order
         if shuffle:
-            idx = idx[torch.randperm(len(idx), generator=g)]
+            idx[:] = idx[torch.randperm(count, generator=g).numpy()]
         else:  # by length inside the bucket: less padding when decoding
-            idx = idx[torch.argsort(split.src_len[idx], stable=True)]
-        rows[at : at + len(idx)] = idx.to(torch.int32)
-        rows[at + len(idx) : at + n_rows] = split.n  # filler rows
+            idx[:] = idx[np.argsort(split.src_len.numpy()[idx], kind="stable")]
+        rows[at + count : at + n_rows] = split.n  # filler rows
         first = torch.arange(0, n_rows, bsize)
         start.append(first + at)
         size.append(torch.clamp(n_rows - first, max=bsize))
         length.append(torch.full((len(first),), L, dtype=torch.int64))
-        at += n_rows
     cat = lambda parts: torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)  # noqa: E731
-    plan = Plan(rows, cat(start), cat(size), cat(length))
+    plan = Plan(torch.from_numpy(rows), cat(start), cat(size), cat(length))
     if shuffle:
         plan = plan.select(torch.randperm(len(plan), generator=g))
     return plan
+
+
+def _bucket_counts(bucket: np.ndarray, block: int = 1 << 20) -> tuple[list[int], list[int]]:
+    """The bucket lengths present (ascending) and their pair counts; counted block by block (np.bincount would
+    make an int64 copy of the whole array)."""
+    counts = np.zeros(int(bucket.max()) + 1 if len(bucket) else 0, np.int64)
+    for a in range(0, len(bucket), block):
+        counts += np.bincount(bucket[a : a + block], minlength=len(counts))
+    present = np.flatnonzero(counts)
+    return present.tolist(), counts[present].tolist()
+
+
+def _rows_by_bucket(bucket: np.ndarray, buckets: list[int], starts: list[int], total: int, block: int = 1 << 20):
+    """int32 rows of `total` slots holding each bucket's row indices in ascending order from its slot `starts[k]`
+    on: a counting sort, block by block, so the only temporaries are one block's (no argsort of the whole split)."""
+    rows = np.empty(total, np.int32)
+    filled = dict(zip(buckets, starts))
+    for a in range(0, len(bucket), block):
+        part = bucket[a : a + block]
+        order = np.argsort(part, kind="stable")  # a radix sort of small ints; within a bucket, ascending rows
+        count = np.bincount(part, minlength=max(buckets) + 1)[buckets]
+        for L, i, c in zip(buckets, np.cumsum(count) - count, count.tolist()):
+            rows[filled[L] : filled[L] + c] = order[i : i + c] + a
+            filled[L] += c
+    return rows
 
 
 def shard(plan, rank: int, world: int):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mt_cli.data import work
 from mt_cli.data.sources import DataError
-from mt_cli.data.stream import ordered_map, read_chunks
+from mt_cli.data.stream import count_lines, ordered_map, read_chunks, sample_chunks
 from mt_cli.data.tokenize import SideCodec
 from mt_cli.data.vocab import SPECIALS, Vocab
 
@@ -53,14 +53,18 @@ def fit_codecs(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[S
 
 
 def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) -> tuple[SideCodec, SideCodec]:
-    # The normalized training text goes to temporary files, which sentencepiece samples from itself: the
-    # memory is its sample (data.sp_sample sentences), not the corpus.
+    # A seeded sample of data.sp_sample pairs is drawn here from the line count, and only those lines are
+    # normalized into the temporary files sentencepiece trains on. (Letting sentencepiece sample all of the text
+    # cost a normalizing pass over the whole corpus, and it grew by ~100 MB at 10M pairs doing so.)
     paths = [tmp / f"sp_input.{lang}.txt" for lang in (data.src_lang, data.tgt_lang)]
+    pairs = data.sp_sample // 2 if data.joint_vocab else data.sp_sample  # a joint model samples both sides
+    chunks = read_chunks("train", files)
+    total = count_lines(files[0])
+    if total > pairs:
+        chunks = sample_chunks(chunks, total, pairs)
     lines = [0, 0]
     with open(paths[0], "wb") as fs, open(paths[1], "wb") as ft:
-        for src, tgt, n_src, n_tgt in ordered_map(
-            work.normalized_text, read_chunks("train", files), workers, work.init, {"data": data}
-        ):
+        for src, tgt, n_src, n_tgt in ordered_map(work.normalized_text, chunks, workers, work.init, {"data": data}):
             fs.write(src)
             ft.write(tgt)
             lines[0] += n_src
@@ -72,17 +76,18 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
                 f"in the training data; sentencepiece needs some"
             )
     joint = ", joint" if data.joint_vocab else ""
-    most = min(sum(lines) if data.joint_vocab else max(lines), data.sp_sample)
-    log(f"training sentencepiece {data.sp_type} models (vocab {data.sp_vocab_size}{joint}; on {most:,} sentences)")
+    most = sum(lines) if data.joint_vocab else max(lines)
+    sampled = f", sampled from {total:,} pairs" if total > pairs else ""
+    models = f"{data.sp_type} models (vocab {data.sp_vocab_size}{joint}"
+    log(f"training sentencepiece {models}; on {most:,} sentences{sampled})")
 
-    def job(inputs: list[Path], lang: str, n: int) -> tuple:
-        sample = data.sp_sample if n > data.sp_sample else None  # all of it (in order) when it fits the sample
-        return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size, sample
+    def job(inputs: list[Path], lang: str) -> tuple:
+        return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size  # all of the (sampled) input, in order
 
     jobs = (
-        [job(paths, data.src_lang, sum(lines))]
+        [job(paths, data.src_lang)]
         if data.joint_vocab
-        else [job(paths[:1], data.src_lang, lines[0]), job(paths[1:], data.tgt_lang, lines[1])]
+        else [job(paths[:1], data.src_lang), job(paths[1:], data.tgt_lang)]
     )
     try:
         # One thread per model, whatever --workers (a model file records its thread count); with workers, the

@@ -39,12 +39,10 @@ class Split:
                 f"{len(lens['tgt'])} target rows; run `mt prepare --force`"
             )
         self.n = len(lens["src"])
-        self.src_len = torch.from_numpy(lens["src"]) + 1  # + <eos>
-        self.tgt_len = torch.from_numpy(lens["tgt"]) + 1  # + <eos> (what the loss counts)
-        w = bucket_width
-        longest = torch.maximum(self.src_len, self.tgt_len)
-        self.bucket = ((longest + w - 1) // w).clamp(min=1) * w
-        del longest
+        for side in SIDES:  # in place: the arrays are ours, and a 10M-pair split has no room for copies
+            lens[side] += 1  # + <eos> (on the target side, what the loss counts)
+        self.src_len, self.tgt_len = torch.from_numpy(lens["src"]), torch.from_numpy(lens["tgt"])
+        self.bucket = torch.from_numpy(_buckets(lens["src"], lens["tgt"], bucket_width))
         self.width = self._round(
             max(1, int(self.src_len.max()) if self.n else 1, int(self.tgt_len.max()) if self.n else 1)
         )
@@ -138,6 +136,20 @@ class Split:
 
 def tokens_path(split: Split, side: str) -> Path:
     return array_path(split.folder, split.name, side)
+
+
+def _buckets(src_len: np.ndarray, tgt_len: np.ndarray, width: int, block: int = 1 << 20) -> np.ndarray:
+    """Each pair's bucket: its longer side rounded up to a multiple of `width` (at least `width`), computed block
+    by block in the lengths' dtype, so that the temporaries stay small whatever the split's size."""
+    out = np.empty(len(src_len), np.result_type(src_len, tgt_len))
+    for a in range(0, len(out), block):
+        longest = np.maximum(src_len[a : a + block], tgt_len[a : a + block])
+        longest += width - 1
+        longest //= width
+        np.maximum(longest, 1, out=longest)
+        longest *= width
+        out[a : a + block] = longest
+    return out
 
 
 def _scatter_rows(matrix: torch.Tensor, flat: torch.Tensor, lens: torch.Tensor, first: int) -> None:

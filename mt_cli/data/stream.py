@@ -20,6 +20,7 @@ from mt_cli.limits import MAX_LINE_BYTES
 CHUNK_LINES = 10_000
 _BLOCK = 1 << 20
 NL = b"\n"
+BOM = "\ufeff".encode()
 TOKEN_SEP = "\x1f"  # joins word tokens on disk: normalize() leaves none in the text (str.split() splits at it)
 
 
@@ -40,6 +41,7 @@ class Chunk:
     tgt: bytes | None
     where: tuple[str, ...]  # the file(s), for error messages
     tokens: tuple[bytes, bytes] | None = None  # the same lines tokenized: words joined by TOKEN_SEP
+    pick: list[int] | None = None  # for sentencepiece's sample: the (0-based) lines of the chunk it takes
 
 
 class LineBlocks:
@@ -74,10 +76,12 @@ class LineBlocks:
 
     def take(self, n: int) -> tuple[bytes, int]:
         """Up to `n` lines (fewer only at the end of the file), each ending in a newline, and their count."""
-        while not self.eof and self.buf.count(NL) < n:
+        have = self.buf.count(NL)
+        while not self.eof and have < n:  # newlines counted block by block, not over the whole buffer again
             block = self._read()
             self.eof = not block
             self.buf += block
+            have += block.count(NL)
             if len(self.buf) - 1 - self.buf.rfind(NL) > MAX_LINE_BYTES:  # /dev/zero, a binary file: not read whole
                 raise self._too_long(self.lines + self.buf.count(NL) + 1)
         ends = np.flatnonzero(np.frombuffer(self.buf, np.uint8) == 10)
@@ -103,6 +107,36 @@ class LineBlocks:
 
     def close(self) -> None:
         self.f.close()
+
+
+def count_lines(path: Path) -> int:
+    """The number of lines of a file (a last line without a newline counts), at the speed of reading it."""
+    blocks = LineBlocks(path)
+    try:
+        n, last = 0, NL
+        while block := blocks._read():
+            n += block.count(NL)
+            last = block[-1:]
+        return n + (last != NL)
+    finally:
+        blocks.close()
+
+
+def sample_chunks(chunks: Iterator[Chunk], total: int, k: int, seed: int = 1234) -> Iterator[Chunk]:
+    """The chunks, each with `pick` set so that together they pick a uniform random `k` of the `total` lines:
+    each chunk's share is a hypergeometric draw, then its lines are drawn inside it. Seeded, and decided here
+    in the reading process, so the sample is the same for any number of workers; memory: one chunk's picks."""
+    rng = np.random.default_rng(seed)
+    left, need = total, min(k, total)
+    for c in chunks:
+        m = min(c.n, left)
+        if need and left > m:
+            take = int(rng.hypergeometric(m, min(left - m, 10**9 - 1), need))  # numpy's bound on the population
+        else:
+            take = min(need, m)
+        c.pick = np.sort(rng.choice(m, take, replace=False)).tolist() if take < m else list(range(m))
+        left, need = left - m, need - take
+        yield c
 
 
 def read_chunks(

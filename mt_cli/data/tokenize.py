@@ -7,7 +7,7 @@ import re
 import tempfile
 import unicodedata
 from array import array
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,14 @@ _CACHE_WORDS = 500_000  # words whose sentencepiece ids WordPieces keeps (about 
 def normalize(text: str, lowercase: bool) -> str:
     text = " ".join(text.split())
     return text.lower() if lowercase else text
+
+
+def normalize_lines(lines: list[str], lowercase: bool) -> list[str]:
+    """[normalize(t, lowercase) for t in lines] in C-level maps and one lower() of all the lines joined (a newline
+    ends the context of any case rule, and no character lowercases to or from a space): no Python code per line."""
+    if lowercase and lines:
+        lines = "\n".join(lines).lower().split("\n")
+    return list(map(" ".join, map(str.split, lines)))
 
 
 @functools.lru_cache(maxsize=None)  # loaded once per process (and inherited by `mt prepare`'s forked workers)
@@ -78,54 +86,63 @@ def flatten(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return np.fromiter(chain.from_iterable(ids), np.int32, int(lens.sum())), lens
 
 
+def _all_word_safe(texts: list[str]) -> bool:
+    """all(map(_word_safe, texts)) in three calls: a newline composes with nothing, so a joined text is NFKC
+    exactly when each text is."""
+    joined = "\n".join(texts)
+    return (joined.isascii() or unicodedata.is_normalized("NFKC", joined)) and "".join(texts).isprintable()
+
+
 def _word_safe(text: str) -> bool:
     """Whether sentencepiece encodes `text` word by word: no piece spans a space, but its NFKC normalization
     could change (or split) a word that is not NFKC already, and it drops control characters."""
     return (text.isascii() or unicodedata.is_normalized("NFKC", text)) and text.isprintable()
 
 
+class _WordTable(dict):
+    """word -> row of the flat table (CSR: `ids`, `start`); a word looked up for the first time is encoded then."""
+
+    def __init__(self, sp):
+        super().__init__()
+        self.sp, self.ids, self.start = sp, array("i"), array("q", [0])
+
+    def __missing__(self, word: str) -> int:
+        self.ids.extend(self.sp.encode(word))
+        self.start.append(len(self.ids))
+        self[word] = row = len(self)
+        return row
+
+
 class WordPieces:
     """word -> sentencepiece ids of a normalized text's words, kept as one flat table (CSR), so that a chunk
-    of texts is encoded with one dictionary lookup per word and numpy for the rest."""
+    of texts is encoded with one dictionary lookup per word (a C-level map) and numpy for the rest."""
 
     def __init__(self, sp):
         self.sp = sp
         self.clear()
 
     def clear(self) -> None:  # bounded: frequent words come back at once
-        self.index: dict[str, int] = {}
-        self.ids, self.start = array("i"), array("q", [0])
-
-    def _add(self, words) -> None:
-        for w in words:
-            if w not in self.index:
-                self.index[w] = len(self.index)
-                self.ids.extend(self.sp.encode(w))
-                self.start.append(len(self.ids))
+        self.table = _WordTable(self.sp)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(all ids in a row, the number of ids of each text) of normalized `texts`."""
         if not texts:
             return np.zeros(0, np.int32), np.zeros(0, np.int64)
+        if len(self.table) > _CACHE_WORDS:
+            self.clear()
+        table = self.table
         words = " ".join(texts).split(" ")  # an empty text is one empty word, whose ids are none
-        wid = [self.index.get(w, -1) for w in words]
-        if -1 in wid:
-            if len(self.index) > _CACHE_WORDS:
-                self.clear()
-            self._add(w for w, i in zip(words, wid) if i < 0) if self.index else self._add(words)
-            wid = [self.index[w] for w in words]
-        w = np.array(wid, np.int64)
-        start = np.frombuffer(self.start, np.int64)
+        w = np.fromiter(map(table.__getitem__, words), np.int64, len(words))
+        start = np.frombuffer(table.start, np.int64)
         first, n_ids = start[w], start[w + 1] - start[w]
         ends = np.cumsum(n_ids)
         flat = (
-            np.frombuffer(self.ids, np.int32)[np.repeat(first - ends + n_ids, n_ids) + np.arange(int(ends[-1]))]
+            np.frombuffer(table.ids, np.int32)[np.repeat(first - ends + n_ids, n_ids) + np.arange(int(ends[-1]))]
             if ends[-1]
             else np.zeros(0, np.int32)
         )
-        n_words = np.fromiter((t.count(" ") + 1 for t in texts), np.int64, len(texts))
-        last = np.cumsum(n_words) - 1  # each text's last word
-        total = ends[last]
-        return flat, np.diff(total, prepend=0)
+        n_words = np.fromiter(map(str.count, texts, repeat(" ")), np.int64, len(texts)) + 1
+        return flat, np.diff(ends[np.cumsum(n_words) - 1], prepend=0)  # ids up to each text's last word
 
 
 class SideCodec:
@@ -243,9 +260,9 @@ class SideCodec:
             return flatten(self.encode_normalized(texts))
         if self._words is None:
             self._words = WordPieces(self.sp)
-        safe = np.fromiter(map(_word_safe, texts), bool, len(texts))
-        if safe.all():
+        if _all_word_safe(texts):
             return self._words.encode(texts)
+        safe = np.fromiter(map(_word_safe, texts), bool, len(texts))
         ids, lens = self._words.encode([t for t, ok in zip(texts, safe) if ok])
         rest, rest_lens = flatten([self.sp.encode(t) for t, ok in zip(texts, safe) if not ok])
         all_lens = np.empty(len(texts), np.int64)

@@ -8,8 +8,8 @@ from itertools import chain
 import numpy as np
 
 from mt_cli.data.clean import REASONS, pair_digests, pair_filter
-from mt_cli.data.stream import TOKEN_SEP, Chunk, decode_chunk, decode_side
-from mt_cli.data.tokenize import flatten, normalize
+from mt_cli.data.stream import BOM, TOKEN_SEP, Chunk, decode_chunk, decode_side
+from mt_cli.data.tokenize import flatten, normalize_lines
 
 _JOB: dict = {}  # this process's job: set once per worker by init(), read by the chunk functions
 
@@ -20,9 +20,12 @@ def init(job: dict) -> None:
 
 
 def _normalized(c: Chunk) -> tuple[list[str], list[str], list[str]]:
+    """The raw source lines of a chunk, and the normalized lines of each side."""
     src, tgt = decode_chunk(c)
+    if c.pick is not None:  # a sample: only these lines are normalized
+        src, tgt = [src[i] for i in c.pick], [tgt[i] for i in c.pick]
     lc = _JOB["data"].lowercase
-    return src, [normalize(t, lc) for t in src], [normalize(t, lc) for t in tgt]
+    return src, normalize_lines(src, lc), normalize_lines(tgt, lc)
 
 
 def count_tokens(c: Chunk) -> tuple[Counter, Counter, bytes, bytes]:
@@ -39,8 +42,12 @@ def count_tokens(c: Chunk) -> tuple[Counter, Counter, bytes, bytes]:
 def normalized_text(c: Chunk) -> tuple[bytes, bytes, int, int]:
     """The normalized non-empty lines of both sides (sentencepiece's training input) and their counts."""
     _, src, tgt = _normalized(c)
-    src, tgt = [t for t in src if t], [t for t in tgt if t]
-    return ("".join(t + "\n" for t in src).encode(), "".join(t + "\n" for t in tgt).encode(), len(src), len(tgt))
+    src, tgt = ([t for t in side if t] if "" in side else side for side in (src, tgt))
+    return _lines_blob(src), _lines_blob(tgt), len(src), len(tgt)
+
+
+def _lines_blob(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
 def encode(c: Chunk) -> dict:
@@ -70,9 +77,17 @@ def encode(c: Chunk) -> dict:
         "tgt_len": tgt_len[rows],
         "src": (src_ids if everything else src_ids[np.repeat(keep, src_len)]).astype(dtype),
         "tgt": (tgt_ids if everything else tgt_ids[np.repeat(keep, tgt_len)]).astype(dtype),
-        "src_text": raw_src if everything else [raw_src[i] for i in rows],
-        "ref_text": tgt if everything else [tgt[i] for i in rows],
+        # the texts as the bytes the files get: the reading process only writes them (no strings to unpickle)
+        "src_text": _raw_source(c, raw_src) if everything else _lines_blob([raw_src[i] for i in rows]),
+        "ref_text": _lines_blob(tgt if everything else [tgt[i] for i in rows]),
         "digests": pair_digests([src[i] for i in rows], [tgt[i] for i in rows])
         if c.split == "train" and data.dedup
         else None,
     }
+
+
+def _raw_source(c: Chunk, lines: list[str]) -> bytes:
+    """The source lines of a whole chunk as UTF-8 lines: the bytes read, where decoding changed nothing."""
+    if c.tgt is not None and b"\r" not in c.src and not (c.first == 1 and c.src.startswith(BOM)):
+        return c.src
+    return _lines_blob(lines)

@@ -22,8 +22,9 @@ def _select(r: dict, keep: np.ndarray) -> dict:
     for side in SIDES:
         out[side] = r[side][np.repeat(keep, r[f"{side}_len"])]
         out[f"{side}_len"] = r[f"{side}_len"][rows]
-    out["src_text"] = [r["src_text"][i] for i in rows]
-    out["ref_text"] = [r["ref_text"][i] for i in rows]
+    for key in ("src_text", "ref_text"):  # UTF-8 lines, each ending in a newline (none inside: \r is gone too)
+        lines = r[key].split(b"\n")
+        out[key] = b"".join(lines[i] + b"\n" for i in rows)
     return out
 
 
@@ -34,8 +35,8 @@ class SplitWriter:
         self.name = name
         self.tokens = {s: ArrayWriter(array_path(folder, name, s), dtype) for s in SIDES}
         self.offsets = {s: OffsetsWriter(array_path(folder, name, s, offsets=True)) for s in SIDES}
-        self.src_text = open(folder / f"{name}.{data.src_lang}", "w", encoding="utf-8", newline="\n")
-        self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "w", encoding="utf-8", newline="\n")
+        self.src_text = open(folder / f"{name}.{data.src_lang}", "wb")  # UTF-8 lines from the workers
+        self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "wb")
         self.seen = DigestSet() if name == "train" and data.dedup else None
         self.info = {
             "pairs": 0,
@@ -57,8 +58,8 @@ class SplitWriter:
             self.tokens[side].append(r[side])
             self.offsets[side].add_lengths(r[f"{side}_len"])
             self.info[f"{side}_tokens"] += len(r[side])
-        self.src_text.write("".join(t + "\n" for t in r["src_text"]))
-        self.ref_text.write("".join(t + "\n" for t in r["ref_text"]))
+        self.src_text.write(r["src_text"])
+        self.ref_text.write(r["ref_text"])
         self.info["pairs"] += len(r["src_len"])
         self.info["raw_lines"] += r["n"]
         self.info["tgt_unk"] += int(np.count_nonzero(r["tgt"] == UNK))
