@@ -71,7 +71,7 @@ class Split:
     @property
     def description(self) -> str:
         """One line for the training log: which path this split takes and why."""
-        size = f"padded matrices {self.matrix_mb:,.0f} MB"
+        size = f"{self.matrix_mb:,.0f} MB" if self.resident else f"padded, it would take {self.matrix_mb:,.0f} MB"
         how = "device-resident padded matrices" if self.resident else "streamed from memory-mapped arrays"
         return f"{self.name}: {self.n:,} pairs, {how} ({size})"
 
