@@ -52,10 +52,14 @@ def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
 
 def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
     """Summed token cross-entropy over non-pad targets, and their count (both device tensors)."""
-    logits = model(src, tgt_in)
+    if tgt_out.device.type == "cpu":  # score real positions only (on a GPU, selecting them would sync the host)
+        keep = tgt_out != PAD
+        logits, target = model(src, tgt_in, keep=keep), tgt_out[keep]
+    else:
+        logits, target = model(src, tgt_in).flatten(0, 1), tgt_out.flatten()
     loss = F.cross_entropy(
-        logits.flatten(0, 1).float(),
-        tgt_out.flatten(),
+        logits.float(),
+        target,
         ignore_index=PAD,
         label_smoothing=label_smoothing,
         reduction="sum",
@@ -64,17 +68,17 @@ def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
 
 
 def build_optimizer(params, tcfg, device: torch.device) -> torch.optim.Adam:
-    """Adam as the steps need it: fused and capturable on a GPU, with a tensor lr that CUDA graphs can read."""
-    fused = device.type == "cuda"
-    lr = torch.tensor(tcfg.lr, device=device) if fused else tcfg.lr
+    """Adam, fused (one kernel over all parameters: 16% of a 2-core CPU step of the 9M model); on a GPU also
+    capturable, with a tensor lr that CUDA graphs can read."""
+    cuda = device.type == "cuda"
     return torch.optim.Adam(
         params,
-        lr=lr,
+        lr=torch.tensor(tcfg.lr, device=device) if cuda else tcfg.lr,
         betas=tcfg.betas,
         eps=tcfg.eps,
         weight_decay=tcfg.weight_decay,
-        fused=fused or None,
-        capturable=fused,
+        fused=True,
+        capturable=cuda,
     )
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mt_cli.model.attention import MultiHeadAttention
+from mt_cli.model.dropout import Dropout
 
 
 def sinusoidal_table(n: int, d: int) -> torch.Tensor:
@@ -35,7 +36,7 @@ class Embeddings(nn.Module):
             nn.init.normal_(self.pos.weight, 0.0, d_model**-0.5)
         else:
             self.register_buffer("pe", sinusoidal_table(max_positions, d_model), persistent=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         n = ids.size(1)
@@ -50,7 +51,7 @@ class Embeddings(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, d_model: int, d_ff: int, dropout: float):
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
 class Residual(nn.Module):
@@ -59,7 +60,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x, f):

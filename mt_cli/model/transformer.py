@@ -50,19 +50,22 @@ class Transformer(nn.Module):
         """Cross-attention keys/values of the encoder output for every decoder layer."""
         return [layer.cross_attn.project_kv(memory) for layer in self.decoder]
 
-    def decode(self, tgt_in, memory, src_mask, need_weights: bool = False):
-        """Teacher-forced decoder pass: logits (batch, tgt_len, vocab) [and per-layer cross-attention]."""
+    def decode(self, tgt_in, memory, src_mask, need_weights: bool = False, keep: torch.Tensor | None = None):
+        """Teacher-forced decoder pass: logits (batch, tgt_len, vocab) [and per-layer cross-attention].
+        keep: bool (batch, tgt_len); then logits only at those positions, (n_kept, vocab)."""
         x = self.tgt_embed(tgt_in)
         weights = []
         for layer, kv in zip(self.decoder, self.memory_kv(memory)):
             x, w = layer(x, kv, src_mask, need_weights=need_weights)
             weights.append(w)
+        if keep is not None:  # the output layer is the widest matrix: skip the positions no loss reads
+            x = x[keep]
         logits = self.generator(self.dec_norm(x))
         return (logits, weights) if need_weights else logits
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         memory, mask = self.encode(src)
-        return self.decode(tgt_in, memory, mask)
+        return self.decode(tgt_in, memory, mask, keep=keep)
 
     # --- incremental decoding ------------------------------------------------
     def start_state(self, src: torch.Tensor, expand: int = 1, max_steps: int = 64) -> dict:

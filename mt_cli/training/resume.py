@@ -156,7 +156,7 @@ def restore_training(checkpoint: dict, parts, *, rank: int, world: int, log) -> 
     saved = TrainState.from_dict(checkpoint["train_state"])
     parts.model.load_state_dict(checkpoint["model"])
     parts.optimizer.load_state_dict(saved.optimizer)
-    if parts.optimizer.defaults.get("fused"):  # load_state_dict may turn a tensor lr into a float; graphs need it
+    if parts.optimizer.defaults.get("capturable"):  # load_state_dict may turn a tensor lr into a float; graphs need it
         for group in parts.optimizer.param_groups:
             group["lr"] = torch.tensor(float(group["lr"]), device=parts.device)
     parts.schedule.load_state_dict(saved.schedule)
