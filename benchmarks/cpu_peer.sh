@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # CPU training throughput of mt_cli against JoeyNMT 2.3.0, like for like, one after the other in this run:
-# the same model (configs/peer_joeynmt.yaml: word level, 3+3 layers, d 256, FFN 512), the same first 1,280
-# Multi30k training pairs, batches of 128 sentences, EPOCHS epochs each, on this machine's cores. Both count
-# non-pad target tokens (with <eos>) per second of training, validation excluded, whole epochs (data loading
-# included). Writes benchmarks/cpu/peer_cpu.json (and the peer's logs under $WORK).
+# the same model (configs/peer_joeynmt.yaml: word level, 3+3 layers, d 256, FFN 512), the whole Multi30k
+# training set (29,000 pairs; N=1280 for the harness's smoke-sized subset), batches of 128 sentences, EPOCHS
+# epochs each, on this machine's cores. Both count non-pad target tokens (with <eos>) per second of training,
+# validation excluded, whole epochs (data loading included). The peer runs its own harness
+# (../shared/peers/joeynmt, CPU mode: its SMOKE=2 settings without the 1,280-pair cut). Writes
+# benchmarks/cpu/peer_cpu.json and copies both training logs to benchmarks/cpu/.
 #   JOEY_PY: a python with joeynmt 2.3.0 (see ../shared/peers/joeynmt/README.md), e.g.
 #     python3 -m venv /tmp/joeyenv && /tmp/joeyenv/bin/pip install torch==2.13.0 sacrebleu tensorboard \
 #       matplotlib sentencepiece joblib pyyaml && /tmp/joeyenv/bin/pip install --no-deps joeynmt==2.3.0 \
@@ -15,14 +17,18 @@ EPOCHS=${EPOCHS:-3}
 WORK=${WORK:-/tmp/mt_cpu_peer}
 PEER=${PEER:-../shared/peers/joeynmt}
 DATA=${DATA:-../shared/data/multi30k}
-N=1280
+N=${N:-29000}
 rm -rf "$WORK" && mkdir -p "$WORK/corpus"
 
-# the peer first (its smoke mode 2: the first 1,280 training pairs, epoch-end validation)
-PY="$JOEY_PY" SMOKE=2 EPOCHS="$EPOCHS" BUDGET=900 TRAIN_WALL=600 TEST_TIMEOUT=${TEST_TIMEOUT:-30} OUT="$WORK/peer_out" WORK="$WORK/peer_work" \
-  DATA="$(cd "$DATA" && pwd)" bash "$PEER/run.sh" > "$WORK/peer.log" 2>&1 || true
+# the peer first: its CPU smoke mode 2 (no CUDA, epoch-end validation), on the first N training pairs
+cp -r "$PEER" "$WORK/harness"
+sed -i "s/--max-train 1280); CFG_EXTRA=(--n-train 1280/--max-train $N); CFG_EXTRA=(--n-train $N/" "$WORK/harness/run.sh"
+grep -q -- "--max-train $N" "$WORK/harness/run.sh"
+PY="$JOEY_PY" SMOKE=2 EPOCHS="$EPOCHS" BUDGET=$((EPOCHS * 900 + 300)) TRAIN_WALL=$((EPOCHS * 900)) \
+  TEST_TIMEOUT=${TEST_TIMEOUT:-30} OUT="$WORK/peer_out" WORK="$WORK/peer_work" \
+  DATA="$(cd "$DATA" && pwd)" bash "$WORK/harness/run.sh" > "$WORK/peer.log" 2>&1 || true
 
-# mt_cli on the same pairs: a `files` corpus of the first 1,280 lines, the full validation set
+# mt_cli on the same pairs: a `files` corpus of the first N lines, the full validation set
 for lang in de en; do
   gzip -cd "$DATA/train.$lang.gz" | sed -n "1,${N}p" > "$WORK/corpus/train.$lang"  # sed reads to the end: no SIGPIPE
   zcat "$DATA/val.$lang.gz" > "$WORK/corpus/val.$lang"
@@ -34,22 +40,48 @@ python -m mt_cli prepare -c configs/peer_joeynmt.yaml "${SETS[@]}" > "$WORK/mt_p
 python -m mt_cli train -c configs/peer_joeynmt.yaml "${SETS[@]}" --device cpu --saved "$WORK/saved" \
   --result "$WORK/result" > "$WORK/mt_train.log" 2>&1
 
-python - "$WORK" "$EPOCHS" <<'PY'
+cp "$WORK/peer_out/train.log" benchmarks/cpu/peer_joeynmt_train.log
+cp "$WORK/mt_train.log" benchmarks/cpu/peer_mt_cli_train.log
+python - "$WORK" "$EPOCHS" "$N" "${SETS[@]}" <<'PY'
 import json, os, platform, statistics, sys
 import torch
-work, epochs = sys.argv[1], int(sys.argv[2])
+from mt_cli.config import load_config
+from mt_cli.data.batching import batch_plan
+from mt_cli.data.prepare import load_corpus
+work, epochs, n_pairs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cfg = load_config("configs/peer_joeynmt.yaml", [s for s in sys.argv[4:] if s != "--set"])
+_, split, _, _ = load_corpus(cfg, cfg.train.bucket_width)
+lengths = split.tgt_len  # with <eos>: what the loss counts
+
+
+def padding(batches):
+    """Share of the target positions computed that are padding, over (rows, width) batches; row n is filler."""
+    real = computed = 0
+    for rows, width in batches:
+        rows = torch.as_tensor(rows)
+        real += int(lengths[rows[rows < len(lengths)]].sum())
+        computed += len(rows) * width
+    return round(1 - real / computed, 3)
+
+
+shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(1)).split(128)
+pad_ours = padding(batch_plan(split, 128, None, shuffle=True, seed=1, epoch=1))
+pad_peer = padding((rows, int(lengths[rows].max())) for rows in shuffled)  # JoeyNMT: shuffled, padded to the longest
 peer = json.load(open(f"{work}/peer_out/results.json"))
 peer_epochs = [e["train_tok_per_s"] for e in peer.get("epochs", []) if e.get("train_tok_per_s")]
 ours = [json.loads(line) for line in open(f"{work}/result/peer_joeynmt/metrics.jsonl")]
 ours_epochs = [r["tgt_tokens_per_s"] for r in ours]
 report = {
-    "what": "training target tok/s (non-pad, with <eos>), whole epochs without validation, same model, same 1,280 "
-            "pairs, batches of 128 sentences; median over epochs 2.. (epoch 1 warms up)",
+    "what": f"training target tok/s (non-pad, with <eos>), whole epochs without validation, same model, the same "
+            f"{n_pairs:,} Multi30k pairs, batches of 128 sentences; median over epochs 2.. (epoch 1 warms up)",
+    "padding": {"mt_cli": pad_ours, "joeynmt_estimate": pad_peer,
+                "note": "share of computed target positions that are padding: mt_cli buckets by length; the "
+                        "peer's estimate is shuffled batches of 128 over the same (mt_cli-tokenized) targets"},
     "device": f"cpu ({os.cpu_count()} cores): {platform.processor() or platform.machine()}",
     "torch": torch.__version__, "threads": torch.get_num_threads(), "epochs": epochs,
     "joeynmt_2_3_0": {"per_epoch": peer_epochs, "median": statistics.median(peer_epochs[1:] or peer_epochs)},
     "mt_cli": {"per_epoch": ours_epochs, "median": statistics.median(ours_epochs[1:] or ours_epochs),
-               "precision": "fp32"},
+               "precision": "fp32", "epoch_seconds": [r["seconds"] for r in ours]},
 }
 report["ratio"] = round(report["mt_cli"]["median"] / report["joeynmt_2_3_0"]["median"], 2)
 json.dump(report, open("benchmarks/cpu/peer_cpu.json", "w"), indent=1)

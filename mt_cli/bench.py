@@ -39,7 +39,7 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
             seen.add(length)
             warm.append((batch_rows, length))
     t0 = time.perf_counter()
-    for step, batch in enumerate(iterate(train_split, warm, dev), 1):
+    for step, batch in enumerate(iterate(train_split, warm, dev, trim=dev.type == "cpu"), 1):
         schedule.before_step(step)
         stepper(batch)
     _sync(dev)
@@ -49,7 +49,7 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
         torch.cuda.reset_peak_memory_stats(dev)
     n_src = n_tgt = 0
     t0 = time.perf_counter()
-    for step, batch in enumerate(iterate(train_split, timed, dev), len(warm) + 1):
+    for step, batch in enumerate(iterate(train_split, timed, dev, trim=dev.type == "cpu"), len(warm) + 1):
         schedule.before_step(step)
         stepper(batch)
         n_src += batch.n_src

@@ -325,6 +325,27 @@ def test_streamed_batches_are_the_resident_batches(both_paths, name, shuffle, fi
     assert torch.equal(streamed.source_rows(rows), resident.source_rows(rows))
 
 
+@pytest.mark.parametrize("name", ["train", "valid"])
+def test_trimmed_batches_are_the_full_ones_without_filler_rows_and_padding_columns(both_paths, name):
+    from mt_cli.data.vocab import PAD
+
+    resident, streamed = both_paths[name]
+    plan = batch_plan(resident, 48, None, shuffle=True, seed=3, epoch=1, fill=True)
+    cpu = torch.device("cpu")
+    full = list(iterate(resident, plan, cpu))
+    assert any((b.tgt_out == PAD).all(1).any() for b in full)  # the plan has filler rows (no target) to drop
+    for path in (resident, streamed):
+        for whole, cut in zip(full, iterate(path, plan, cpu, trim=True), strict=True):
+            rows = ~(whole.tgt_out == PAD).all(1)
+            # the last column holding a real token; tgt_in's width is tgt_out's (a longer tgt_in only feeds <eos>
+            # to positions that the loss does not read and that, causal, no earlier position sees)
+            width = {k: int((getattr(whole, k)[rows] != PAD).any(0).nonzero().max()) + 1 for k in ("src", "tgt_out")}
+            for t in ("src", "tgt_in", "tgt_out"):
+                want = getattr(whole, t)[rows][:, : width["src" if t == "src" else "tgt_out"]]
+                assert torch.equal(getattr(cut, t), want), t
+            assert (cut.n_src, cut.n_tgt) == (whole.n_src, whole.n_tgt)
+
+
 def test_an_abandoned_streamed_epoch_stops_its_thread(both_paths):
     import threading
 

@@ -155,17 +155,19 @@ def _flatten(plan) -> tuple[torch.Tensor, list[int], list[int]]:
     return torch.cat([idx for idx, _ in plan]), [len(idx) for idx, _ in plan], [L for _, L in plan]
 
 
-def iterate(split: Split, plan, device: torch.device, start: int = 0):
-    """Yield Batch objects on `device`, from batch `start` on: the same tensors on either path of the split."""
+def iterate(split: Split, plan, device: torch.device, start: int = 0, trim: bool = False):
+    """Yield Batch objects on `device`, from batch `start` on: the same tensors on either path of the split.
+    trim: drop filler rows and cut each side to its longest sentence (eager CPU steps take any shape, and
+    every padded position costs the same as a real one there)."""
     if not len(plan):
         return
     if split.resident:
-        yield from _iterate_resident(split, plan, device, start)
+        yield from _iterate_resident(split, plan, device, start, trim)
     else:
-        yield from _iterate_streamed(split, plan, device, start)
+        yield from _iterate_streamed(split, plan, device, start, trim)
 
 
-def _iterate_resident(split: Split, plan, device: torch.device, start: int):
+def _iterate_resident(split: Split, plan, device: torch.device, start: int, trim: bool):
     # the epoch's indices travel to the device in one copy
     all_idx, sizes, lengths = _flatten(plan)
     real = all_idx < split.n
@@ -178,27 +180,39 @@ def _iterate_resident(split: Split, plan, device: torch.device, start: int):
     )
     all_idx_dev = all_idx.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else all_idx
     for k in range(start, len(sizes)):
-        L = lengths[k]
+        src_width = tgt_width = lengths[k]
         idx = all_idx_dev[offsets[k] : offsets[k + 1]]
+        if trim:
+            batch = slice(offsets[k], offsets[k + 1])
+            idx = idx[real[batch]]
+            src_width, tgt_width = int(tok[0][batch].max()), int(tok[1][batch].max())
         # index_select, not split.src[idx, :L]: the same tensors, but CPU advanced indexing can take milliseconds
         yield Batch(
-            split.src[:, :L].index_select(0, idx),
-            split.tgt[:, :L].index_select(0, idx),
-            split.tgt[:, 1 : L + 1].index_select(0, idx),
+            split.src[:, :src_width].index_select(0, idx),
+            split.tgt[:, :tgt_width].index_select(0, idx),
+            split.tgt[:, 1 : tgt_width + 1].index_select(0, idx),
             n_src[k],
             n_tgt[k],
         )
 
 
-def _host_batch(split: Split, idx: torch.Tensor, L: int):
-    """A batch's (3, rows, L) int64 array (source, target in, target out) and its token counts."""
+def _host_batch(split: Split, idx: torch.Tensor, L: int, trim: bool = False):
+    """A batch's int64 arrays (source, target in, target out) and its token counts: one (3, rows, L) array
+    (one pinned copy to a GPU), or with `trim` three arrays cut to their side's longest sentence."""
     src, tgt = split.rows(idx, L)
-    real = idx[idx < split.n]
-    packed = np.stack([src, tgt[:, :L], tgt[:, 1:]])
-    return packed, int(split.src_len[real].sum()), int(split.tgt_len[real].sum())
+    is_real = idx < split.n
+    src_len, tgt_len = split.src_len[idx[is_real]], split.tgt_len[idx[is_real]]
+    if trim:
+        keep, src_width, tgt_width = is_real.numpy(), int(src_len.max()), int(tgt_len.max())
+        arrays = tuple(
+            np.ascontiguousarray(a[keep]) for a in (src[:, :src_width], tgt[:, :tgt_width], tgt[:, 1 : tgt_width + 1])
+        )
+    else:
+        arrays = np.stack([src, tgt[:, :L], tgt[:, 1:]])
+    return arrays, int(src_len.sum()), int(tgt_len.sum())
 
 
-def _iterate_streamed(split: Split, plan, device: torch.device, start: int):
+def _iterate_streamed(split: Split, plan, device: torch.device, start: int, trim: bool):
     """Batches built from the memory-mapped arrays by a background thread, PREFETCH ahead of the caller."""
     q: queue.Queue = queue.Queue(maxsize=PREFETCH)
     stop = threading.Event()
@@ -215,7 +229,7 @@ def _iterate_streamed(split: Split, plan, device: torch.device, start: int):
     def produce() -> None:
         try:
             for k in range(start, len(plan)):
-                if not put(_host_batch(split, *plan[k])):
+                if not put(_host_batch(split, *plan[k], trim)):
                     return
                 if (k - start) % RELEASE_EVERY == RELEASE_EVERY - 1:
                     split.release()
@@ -229,8 +243,11 @@ def _iterate_streamed(split: Split, plan, device: torch.device, start: int):
         while (item := q.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
-            packed, n_src, n_tgt = item
-            t = torch.from_numpy(packed)
+            arrays, n_src, n_tgt = item
+            if isinstance(arrays, tuple):  # trimmed: CPU steps
+                yield Batch(*(torch.from_numpy(a) for a in arrays), n_src, n_tgt)
+                continue
+            t = torch.from_numpy(arrays)
             if device.type == "cuda":  # pinned: the copy overlaps the running step and never syncs the host
                 t = t.pin_memory().to(device, non_blocking=True)
             yield Batch(t[0], t[1], t[2], n_src, n_tgt)

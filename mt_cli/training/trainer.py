@@ -138,7 +138,7 @@ class Trainer:
             self.estimate = DurationEstimate(self.rules.steps_to_go(state, epoch, len(plan), start), self.cfg.name)
         progress, request, started = EpochProgress(len(plan)), None, time.time()
         bar = tqdm(
-            iterate(self.train_split, plan, self.ctx.device, start),
+            iterate(self.train_split, plan, self.ctx.device, start, trim=self.ctx.device.type == "cpu"),
             total=len(plan),
             initial=start,
             desc=f"epoch {epoch}",
