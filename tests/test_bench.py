@@ -66,7 +66,7 @@ def test_training_rates_are_the_timed_tokens_over_the_timed_seconds(corpus):
     n_tgt = sum(int((split.tgt[idx, 1 : L + 1] != PAD).sum()) for idx, L in batches)
     assert n_src > 0 and n_tgt > 0
     assert rep["steps"] == STEPS
-    assert rep["shapes"] == len({L for _, L in plan})  # one warm-up batch per padded length
+    assert rep["warmup_steps"] == min(2, len({L for _, L in plan}))  # CPU: two warm-up steps (no shapes to capture)
     secs = rep["seconds"]
     assert secs > 0
     assert within_rounding(rep["tokens_per_s"], 1, secs, n_src + n_tgt), (rep, n_src + n_tgt)
