@@ -227,7 +227,9 @@ def _attention_setup(folder: str, layer: str, heads: str):
 
 @app.command()
 def translate(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2)."
+    ),
     input: str = typer.Option("-", "--input", "-i", help="Text file, one sentence per line; - = stdin."),
     output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
@@ -310,7 +312,9 @@ def translate(
 def bench(
     config: str = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
-    steps: int = typer.Option(100, "--steps", help="Timed training steps (after one warm-up step per shape)."),
+    steps: int = typer.Option(
+        100, "--steps", help="Timed training steps (after warm-up: a step per shape on a GPU, two on the CPU)."
+    ),
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="Model for translation speed [an untrained one of the config]."
     ),
@@ -489,6 +493,39 @@ def export(
         _fail("--format ctranslate2 needs CTranslate2: pip install 'mt-cli[ctranslate2]'", 2)
     model, cfg, codecs = load_for_inference(checkpoint, torch.device("cpu"))
     typer.echo(f"exported {export_ctranslate2(model, cfg, codecs, output, quantization)} ({quantization})")
+
+
+@app.command()
+def serve(
+    checkpoint: str = typer.Option(
+        ..., "--checkpoint", help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2)."
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_lines: int = typer.Option(64, "--max-lines", help="Most lines one request may send."),
+    max_chars: int = typer.Option(2000, "--max-chars", help="Longest line accepted, in characters."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most lines of concurrent requests decoded together."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a request waits for others to batch."),
+):
+    """Serve translations over HTTP: POST /translate {"text": [...], "beam": k, "nbest": n}, GET /health, /info."""
+    try:
+        import fastapi  # noqa: F401 - an optional extra: say how to install it, not ImportError
+        import uvicorn  # noqa: F401
+    except ImportError:
+        _fail("mt serve needs FastAPI and uvicorn: pip install 'mt-cli[serve]'", 2)
+    from mt_cli.serve import Limits, load_engine
+    from mt_cli.serve import serve as run_server
+
+    for name, value in (("--max-lines", max_lines), ("--max-chars", max_chars), ("--max-batch", max_batch)):
+        if value < 1:
+            _fail(f"{name} {value}: must be >= 1", 2)
+    if not 0 <= max_wait_ms <= 10_000 or not 0 <= port <= 65535:
+        _fail(f"--max-wait-ms {max_wait_ms} / --port {port}: must be in [0, 10000] / [0, 65535]", 2)
+    engine = load_engine(checkpoint, _device(device))
+    _say(f"serving {checkpoint} ({engine.src_lang}→{engine.tgt_lang}) on http://{host}:{port}")
+    stopped_by = run_server(engine, Limits(max_lines, max_chars, max_batch, max_wait_ms), host, port)
+    _say(f"stopped{f' on {stopped_by}' if stopped_by else ''}")
 
 
 def main() -> None:

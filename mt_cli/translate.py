@@ -144,13 +144,14 @@ def translate_lines(
     bar = tqdm(total=len(sources), unit="sent", disable=not show_progress, leave=False)
     step = progress or bar.update
     try:
-        results = (
-            translate_ids(
+        if not sources:
+            results = []
+        elif hasattr(model, "translate_ids"):  # the CTranslate2 engine (an exported folder)
+            results = model.translate_ids(sources, dec, beam_size, sampler=sampler, progress=step)
+        else:
+            results = translate_ids(
                 model, sources, dec, device, beam_size=beam_size, amp_dtype=amp_dtype, progress=step, sampler=sampler
             )
-            if sources
-            else []
-        )
     finally:
         bar.close()
     if progress is not None:
