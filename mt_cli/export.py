@@ -31,14 +31,17 @@ def _check_supported(cfg) -> None:
         )
 
 
+# every array handed to the spec is a copy: spec.optimize() quantizes in place, and a float32 tensor's
+# .numpy() shares its memory, so an int8 export used to rewrite the weights of the model it exported
+
 def _linear(spec, layer: torch.nn.Linear, weight=None, bias=None) -> None:
-    spec.weight = (layer.weight if weight is None else weight).detach().float().numpy()
-    spec.bias = (layer.bias if bias is None else bias).detach().float().numpy()
+    spec.weight = (layer.weight if weight is None else weight).detach().float().numpy().copy()
+    spec.bias = (layer.bias if bias is None else bias).detach().float().numpy().copy()
 
 
 def _norm(spec, norm: torch.nn.LayerNorm) -> None:
-    spec.gamma = norm.weight.detach().float().numpy()
-    spec.beta = norm.bias.detach().float().numpy()
+    spec.gamma = norm.weight.detach().float().numpy().copy()
+    spec.beta = norm.bias.detach().float().numpy().copy()
 
 
 def _attention_weights(attn):
@@ -63,7 +66,7 @@ def _self_attention(spec, attn) -> None:
 
 def _cross_attention(spec, attn) -> None:
     (q_w, q_b), (k_w, k_b), (v_w, v_b) = _attention_weights(attn)
-    spec.linear[0].weight, spec.linear[0].bias = q_w.float().numpy(), q_b.float().numpy()
+    spec.linear[0].weight, spec.linear[0].bias = q_w.float().numpy().copy(), q_b.float().numpy().copy()
     spec.linear[1].weight = torch.cat([k_w, v_w]).float().numpy()  # fused KV
     spec.linear[1].bias = torch.cat([k_b, v_b]).float().numpy()
     _linear(spec.linear[2], attn.out_proj)
@@ -71,11 +74,11 @@ def _cross_attention(spec, attn) -> None:
 
 def _embeddings(spec, emb, positions: int) -> None:
     embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings  # encoder: a list
-    embeddings.weight = emb.tok.weight.detach().float().numpy()
+    embeddings.weight = emb.tok.weight.detach().float().numpy().copy()
     table = emb.pos.weight if emb.learned else emb.pe  # the model's own table, not CTranslate2's sinusoids
     if not emb.learned and table.size(0) < positions:
         table = sinusoidal_table(positions, table.size(1))
-    spec.position_encodings.encodings = table[:positions].detach().float().numpy()
+    spec.position_encodings.encodings = table[:positions].detach().float().numpy().copy()
     spec.scale_embeddings = True  # token × √d_model, as Embeddings does
 
 

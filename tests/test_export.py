@@ -85,3 +85,14 @@ def test_int8_export_stays_close_in_bleu(real_lines, tmp_path):
         scores[q] = sacrebleu.corpus_bleu(hyps, [tiny.tgt]).score
     assert scores["float32"] > 90  # the memorized pairs: the float32 export reproduces them
     assert abs(scores["float32"] - scores["int8"]) < 5, scores
+
+
+@pytest.mark.parametrize("quantization", ["int8", "float16"])
+def test_export_leaves_the_exported_model_unchanged(real_lines, tmp_path, quantization):
+    tiny = trained_tiny(real_lines)
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    export_ctranslate2(tiny.model, tiny.cfg, tiny.codecs, tmp_path / quantization, quantization=quantization)
+    after = tiny.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [
+        k for k in before if not torch.equal(before[k], after[k])
+    ]
