@@ -59,19 +59,15 @@ class CTranslate2Model:
         k = beam_size or cfg.beam_size
         pieces = [self.codecs["src"].pieces([int(i) for i in s if int(i) != PAD]) for s in sources]
         limits = [int(len(p) * cfg.max_len_a + cfg.max_len_b) for p in pieces]  # p ends in <eos>, as ours
-        results = []
-        for at in range(0, len(pieces), cfg.batch_size):
-            batch, limit = pieces[at : at + cfg.batch_size], limits[at : at + cfg.batch_size]
-            # one call per distinct limit: CTranslate2 takes one max_decoding_length per batch
-            for lim in sorted(set(limit)):
-                rows = [j for j, x in enumerate(limit) if x == lim]
-                out = self._translate([batch[j] for j in rows], cfg, k, lim, sampler)
-                for j, hyps in zip(rows, out):
-                    results.append((at + j, hyps))
+        results: list = [None] * len(pieces)
+        for rows in _batches(limits, cfg.batch_size, same_limit=sampler is None and k > 1):
+            out = self._translate([pieces[j] for j in rows], cfg, k, max(limits[j] for j in rows), sampler)
+            for j, hyps in zip(rows, out):
+                # one token-by-token path: a shorter limit would have forced <eos> there, i.e. cut the same path
+                results[j] = [(ids[: limits[j] - 1], score) for ids, score in hyps] if k == 1 else hyps
             if progress is not None:
-                progress(len(batch))
-        results.sort(key=lambda r: r[0])
-        return [hyps for _, hyps in results]
+                progress(len(rows))
+        return results
 
     def _translate(self, batch: list[list[str]], cfg: DecodeConfig, k: int, limit: int, sampler):
         options = dict(max_decoding_length=max(1, limit - 1), min_decoding_length=1 if limit > 1 else 0)
@@ -98,6 +94,19 @@ class CTranslate2Model:
             ranked.sort(key=lambda h: -h[1])
             hyps.append(ranked[: max(1, cfg.nbest if k > 1 else 1)])
         return hyps
+
+
+def _batches(limits: list[int], size: int, same_limit: bool) -> list[list[int]]:
+    """Source indices in batches of `size`, by length limit (CTranslate2 takes one limit per call). A beam
+    search needs one limit per batch; greedy and sampled paths can be cut to each sentence's own limit."""
+    order = sorted(range(len(limits)), key=lambda j: limits[j])
+    batches, current = [], []
+    for j in order:
+        if current and (len(current) == size or (same_limit and limits[j] != limits[current[0]])):
+            batches.append(current)
+            current = []
+        current.append(j)
+    return batches + ([current] if current else [])
 
 
 def load_exported(folder: str | Path, device: torch.device) -> tuple[CTranslate2Model, Config, dict]:
