@@ -34,6 +34,7 @@ def _check_supported(cfg) -> None:
 # every array handed to the spec is a copy: spec.optimize() quantizes in place, and a float32 tensor's
 # .numpy() shares its memory, so an int8 export used to rewrite the weights of the model it exported
 
+
 def _linear(spec, layer: torch.nn.Linear, weight=None, bias=None) -> None:
     spec.weight = (layer.weight if weight is None else weight).detach().float().numpy().copy()
     spec.bias = (layer.bias if bias is None else bias).detach().float().numpy().copy()
