@@ -17,7 +17,7 @@ from pathlib import Path
 import sacrebleu
 import torch
 
-from mt_cli.checkpoint import load_for_inference
+from mt_cli.ct2_engine import load_translator
 from mt_cli.export import export_ctranslate2
 from mt_cli.translate import translate_lines
 
@@ -38,14 +38,14 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/cpu/ct2_cpu.json")
     args = ap.parse_args()
     cpu = torch.device("cpu")
-    model, cfg, codecs = load_for_inference(args.checkpoint, cpu)
+    model, cfg, codecs = load_translator(args.checkpoint, cpu)
     read = lambda lang: gzip.open(f"{args.data}/{args.split}.{lang}.gz", "rt", encoding="utf-8").read().splitlines()  # noqa: E731
     src, ref = read(cfg.data.src_lang), read(cfg.data.tgt_lang)
     engines = {"pytorch_fp32": (model, cfg, codecs)}
     with tempfile.TemporaryDirectory() as tmp:
         for q in ("float32", "int8"):
             folder = export_ctranslate2(model, cfg, codecs, Path(tmp) / q, quantization=q)
-            engines[f"ctranslate2_{q}"] = load_for_inference(folder, cpu)
+            engines[f"ctranslate2_{q}"] = load_translator(folder, cpu)
         report = {}
         for name, (m, c, k) in engines.items():
             for beam in (1, 5):

@@ -38,10 +38,11 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
         if length not in seen:
             seen.add(length)
             warm.append((batch_rows, length))
-    if dev.type == "cpu" and not cfg.train.compile:  # eager CPU steps have nothing to capture per shape
+    trim = dev.type == "cpu"  # as mt train: CPU batches cut to their longest sentence
+    if trim and not cfg.train.compile:  # eager CPU steps have nothing to capture per shape
         warm = warm[:2]
     t0 = time.perf_counter()
-    for step, batch in enumerate(iterate(train_split, warm, dev, trim=dev.type == "cpu"), 1):
+    for step, batch in enumerate(iterate(train_split, warm, dev, trim=trim), 1):
         schedule.before_step(step)
         stepper(batch)
     _sync(dev)
@@ -51,7 +52,7 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
         torch.cuda.reset_peak_memory_stats(dev)
     n_src = n_tgt = 0
     t0 = time.perf_counter()
-    for step, batch in enumerate(iterate(train_split, timed, dev, trim=dev.type == "cpu"), len(warm) + 1):
+    for step, batch in enumerate(iterate(train_split, timed, dev, trim=trim), len(warm) + 1):
         schedule.before_step(step)
         stepper(batch)
         n_src += batch.n_src

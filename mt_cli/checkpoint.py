@@ -135,10 +135,5 @@ def weights_misfit(weights: dict, expected: dict) -> str | None:
 
 
 def load_for_inference(path: str | Path, device: torch.device):
-    """(model, config, codecs) of a checkpoint, or of a folder from `mt export` (run by CTranslate2)."""
-    from mt_cli.ct2_engine import is_exported, load_exported
-
-    if is_exported(path):
-        return load_exported(path, device)
     model, cfg, codecs = restore(load_checkpoint(path), path)
     return model.to(device).eval(), cfg, codecs

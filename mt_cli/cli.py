@@ -253,7 +253,7 @@ def translate(
 ):
     """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
     from mt_cli.atomic import check_writable
-    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.ct2_engine import load_translator
     from mt_cli.decode import Sampler
     from mt_cli.translate import open_input, output_writer, read_chunks, sigterm_raises, translate_stream
 
@@ -271,7 +271,7 @@ def translate(
         check_writable(Path(output).resolve().parent)
     dev = _device(device)
     stream, where = open_input(input)  # a missing input file answers before the model loads
-    model, cfg, codecs = load_for_inference(checkpoint, dev)
+    model, cfg, codecs = load_translator(checkpoint, dev)
     if attention:
         from mt_cli.attention_maps import check_selection
 

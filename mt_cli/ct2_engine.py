@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mt_cli.checkpoint import load_for_inference
 from mt_cli.config import Config, DecodeConfig, config_from_dict
 from mt_cli.data.tokenize import SideCodec
 from mt_cli.data.vocab import PAD
@@ -47,11 +48,7 @@ class CTranslate2Model:
             str(folder), device=kind, device_index=device.index or 0, intra_threads=threads
         )
         self.codecs, self.device = codecs, device
-        self.training = False  # read by callers that switch modes on PyTorch models
         self.seeded = False
-
-    def eval(self) -> "CTranslate2Model":
-        return self
 
     def translate_ids(self, sources, cfg: DecodeConfig, beam_size: int | None = None, sampler=None, progress=None):
         """Per source (1-D id tensors ending in <eos>), its n-best [(ids, score)]; greedy and sampled outputs
@@ -107,6 +104,14 @@ def _batches(limits: list[int], size: int, same_limit: bool) -> list[list[int]]:
             current = []
         current.append(j)
     return batches + ([current] if current else [])
+
+
+def load_translator(path: str | Path, device: torch.device):
+    """(model, config, codecs) to translate with: a folder from `mt export` runs on CTranslate2, a checkpoint on
+    PyTorch. Only translation takes both (mt translate, mt serve); scoring, evaluation and export need weights."""
+    if is_exported(path):
+        return load_exported(path, device)
+    return load_for_inference(path, device)
 
 
 def load_exported(folder: str | Path, device: torch.device) -> tuple[CTranslate2Model, Config, dict]:

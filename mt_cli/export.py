@@ -31,18 +31,20 @@ def _check_supported(cfg) -> None:
         )
 
 
-# every array handed to the spec is a copy: spec.optimize() quantizes in place, and a float32 tensor's
-# .numpy() shares its memory, so an int8 export used to rewrite the weights of the model it exported
+def _array(t: torch.Tensor):
+    """A float32 numpy copy: spec.optimize() quantizes in place, and a float32 tensor's .numpy() shares its
+    memory (an int8 export used to rewrite the weights of the model it exported)."""
+    return t.detach().float().numpy().copy()
 
 
 def _linear(spec, layer: torch.nn.Linear, weight=None, bias=None) -> None:
-    spec.weight = (layer.weight if weight is None else weight).detach().float().numpy().copy()
-    spec.bias = (layer.bias if bias is None else bias).detach().float().numpy().copy()
+    spec.weight = _array(layer.weight if weight is None else weight)
+    spec.bias = _array(layer.bias if bias is None else bias)
 
 
 def _norm(spec, norm: torch.nn.LayerNorm) -> None:
-    spec.gamma = norm.weight.detach().float().numpy().copy()
-    spec.beta = norm.bias.detach().float().numpy().copy()
+    spec.gamma = _array(norm.weight)
+    spec.beta = _array(norm.bias)
 
 
 def _attention_weights(attn):
@@ -60,26 +62,26 @@ def _attention_weights(attn):
 
 def _self_attention(spec, attn) -> None:
     (q_w, q_b), (k_w, k_b), (v_w, v_b) = _attention_weights(attn)
-    spec.linear[0].weight = torch.cat([q_w, k_w, v_w]).float().numpy()  # fused QKV
-    spec.linear[0].bias = torch.cat([q_b, k_b, v_b]).float().numpy()
+    spec.linear[0].weight = _array(torch.cat([q_w, k_w, v_w]))  # fused QKV
+    spec.linear[0].bias = _array(torch.cat([q_b, k_b, v_b]))
     _linear(spec.linear[1], attn.out_proj)
 
 
 def _cross_attention(spec, attn) -> None:
     (q_w, q_b), (k_w, k_b), (v_w, v_b) = _attention_weights(attn)
-    spec.linear[0].weight, spec.linear[0].bias = q_w.float().numpy().copy(), q_b.float().numpy().copy()
-    spec.linear[1].weight = torch.cat([k_w, v_w]).float().numpy()  # fused KV
-    spec.linear[1].bias = torch.cat([k_b, v_b]).float().numpy()
+    spec.linear[0].weight, spec.linear[0].bias = _array(q_w), _array(q_b)
+    spec.linear[1].weight = _array(torch.cat([k_w, v_w]))  # fused KV
+    spec.linear[1].bias = _array(torch.cat([k_b, v_b]))
     _linear(spec.linear[2], attn.out_proj)
 
 
 def _embeddings(spec, emb, positions: int) -> None:
     embeddings = spec.embeddings[0] if isinstance(spec.embeddings, list) else spec.embeddings  # encoder: a list
-    embeddings.weight = emb.tok.weight.detach().float().numpy().copy()
+    embeddings.weight = _array(emb.tok.weight)
     table = emb.pos.weight if emb.learned else emb.pe  # the model's own table, not CTranslate2's sinusoids
     if not emb.learned and table.size(0) < positions:
         table = sinusoidal_table(positions, table.size(1))
-    spec.position_encodings.encodings = table[:positions].detach().float().numpy().copy()
+    spec.position_encodings.encodings = _array(table[:positions])
     spec.scale_embeddings = True  # token × √d_model, as Embeddings does
 
 

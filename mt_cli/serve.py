@@ -34,12 +34,12 @@ class Engine:
 
 def load_engine(path: str, device) -> Engine:
     """A checkpoint from mt train (decoded by mt_cli's own search) or a folder from mt export (CTranslate2)."""
-    from mt_cli.checkpoint import load_for_inference
-    from mt_cli.ct2_engine import is_exported
+    from mt_cli.ct2_engine import is_exported, load_translator
     from mt_cli.steps import resolve_precision
     from mt_cli.translate import translate_lines
 
-    model, cfg, codecs = load_for_inference(path, device)
+    model, cfg, codecs = load_translator(path, device)
+    exported = is_exported(path)
     amp = resolve_precision("auto", device)  # as mt translate
 
     def translate(lines: list[str], beam: int, nbest: int) -> list[list[str]]:
@@ -47,13 +47,13 @@ def load_engine(path: str, device) -> Engine:
 
     info = {
         "model": str(path),
-        "engine": "ctranslate2" if is_exported(path) else "pytorch",
+        "engine": "ctranslate2" if exported else "pytorch",
         "device": str(device),
         "src_lang": cfg.data.src_lang,
         "tgt_lang": cfg.data.tgt_lang,
         "beam": cfg.decode.beam_size,
     }
-    if not is_exported(path):
+    if not exported:
         info["parameters"] = sum(p.numel() for p in model.parameters())
     return Engine(translate, info, cfg.decode.beam_size, cfg.data.src_lang, cfg.data.tgt_lang)
 
@@ -115,10 +115,26 @@ class Batcher:
                     at += len(r.lines)
 
 
-def build_app(engine: Engine, limits: Limits):
-    """The FastAPI application: POST /translate, GET /health, GET /info; bad requests get a 4xx JSON error."""
+def _lifespan(engine: Engine, limits: Limits):
+    """The server's lifetime: the Batcher's task runs from start-up to shutdown, then its worker is joined."""
     import contextlib
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher = Batcher(engine, limits)
+        task = asyncio.create_task(batcher.run())
+        app.state.batcher = batcher
+        try:
+            yield
+        finally:
+            task.cancel()
+            batcher.worker.shutdown(wait=True, cancel_futures=True)
+
+    return lifespan
+
+
+def build_app(engine: Engine, limits: Limits):
+    """The FastAPI application: POST /translate, GET /health, GET /info; bad requests get a 4xx JSON error."""
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -132,18 +148,7 @@ def build_app(engine: Engine, limits: Limits):
         src_lang: str | None = None
         tgt_lang: str | None = None
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        batcher = Batcher(engine, limits)
-        task = asyncio.create_task(batcher.run())
-        app.state.batcher = batcher
-        try:
-            yield
-        finally:
-            task.cancel()
-            batcher.worker.shutdown(wait=True, cancel_futures=True)
-
-    app = FastAPI(title="mt_cli", lifespan=lifespan)
+    app = FastAPI(title="mt_cli", lifespan=_lifespan(engine, limits))
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)

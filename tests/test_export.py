@@ -48,13 +48,13 @@ def test_the_ctranslate2_engine_translates_as_the_pytorch_path(real_lines, tmp_p
     # the memorized pairs as well as ours, with n-best lists and empty lines kept
     import sacrebleu
 
-    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.ct2_engine import load_translator
     from mt_cli.translate import translate_lines
 
     tiny = trained_tiny(real_lines)
     folder = export_ctranslate2(tiny.model, tiny.cfg, tiny.codecs, tmp_path / "ct2")
     cpu = torch.device("cpu")
-    engine, cfg, codecs = load_for_inference(folder, cpu)
+    engine, cfg, codecs = load_translator(folder, cpu)
     lines = tiny.src + ["", "  "] + real_lines("val", "de")[:20]  # memorized, empty and unseen lines
     greedy = translate_lines(engine, cfg, codecs, lines, cpu, 1)
     assert greedy == translate_lines(tiny.model, tiny.cfg, tiny.codecs, lines, cpu, 1)
@@ -72,7 +72,7 @@ def test_the_ctranslate2_engine_translates_as_the_pytorch_path(real_lines, tmp_p
 def test_int8_export_stays_close_in_bleu(real_lines, tmp_path):
     import sacrebleu
 
-    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.ct2_engine import load_translator
     from mt_cli.translate import translate_lines
 
     tiny = trained_tiny(real_lines)
@@ -80,7 +80,7 @@ def test_int8_export_stays_close_in_bleu(real_lines, tmp_path):
     scores = {}
     for q in ("float32", "int8"):
         folder = export_ctranslate2(tiny.model, tiny.cfg, tiny.codecs, tmp_path / q, quantization=q)
-        engine, cfg, codecs = load_for_inference(folder, cpu)
+        engine, cfg, codecs = load_translator(folder, cpu)
         hyps = [t[0] for t in translate_lines(engine, cfg, codecs, tiny.src, cpu, 4)]
         scores[q] = sacrebleu.corpus_bleu(hyps, [tiny.tgt]).score
     assert scores["float32"] > 90  # the memorized pairs: the float32 export reproduces them
