@@ -137,3 +137,32 @@ def weights_misfit(weights: dict, expected: dict) -> str | None:
 def load_for_inference(path: str | Path, device: torch.device):
     model, cfg, codecs = restore(load_checkpoint(path), path)
     return model.to(device).eval(), cfg, codecs
+
+
+def load_models(paths: list[str], device: torch.device):
+    """(model, config, codecs) of one checkpoint, or the Ensemble of several that share their tokenizers and
+    vocabularies (trained on the same prepared corpus); the first one's config sets decoding and data."""
+    from mt_cli.model.ensemble import Ensemble
+
+    loaded = [load_for_inference(p, device) for p in paths]
+    model, cfg, codecs = loaded[0]
+    if len(loaded) == 1:
+        return model, cfg, codecs
+    for path, (_, _, other) in zip(paths[1:], loaded[1:]):
+        for side in ("src", "tgt"):
+            if not _same_codec(codecs[side], other[side]):
+                raise CheckpointError(
+                    f"{path}: its {side} tokenizer or vocabulary differs from that of {paths[0]}; an ensemble "
+                    f"needs models trained on the same prepared corpus"
+                )
+    return Ensemble([m for m, _, _ in loaded]).eval(), cfg, codecs
+
+
+def _same_codec(a: SideCodec, b: SideCodec) -> bool:
+    return (a.kind, a.lang, a.lowercase, list(a.vocab.itos), a.sp_model) == (
+        b.kind,
+        b.lang,
+        b.lowercase,
+        list(b.vocab.itos),
+        b.sp_model,
+    )

@@ -136,7 +136,9 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="A .pt checkpoint from mt train."),
+    checkpoint: List[str] = typer.Option(
+        ..., "--checkpoint", help="A .pt checkpoint from mt train; several (same vocabularies): their ensemble."
+    ),
     split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -153,12 +155,12 @@ def evaluate(
 ):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
     from mt_cli.atomic import check_writable, no_new_folders_on_failure, refuse_overwrite_in
-    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.checkpoint import load_models
     from mt_cli.evaluate import evaluate_splits, format_table, report_files
 
     _check_beam(beam)
-    splits, tag = split or ["test_2016_flickr"], f".{Path(checkpoint).stem}"
-    out_dir = Path(out) if out else Path("result") / Path(checkpoint).resolve().parent.name / "eval"
+    splits, tag = split or ["test_2016_flickr"], "." + "+".join(Path(c).stem for c in checkpoint)
+    out_dir = Path(out) if out else Path("result") / Path(checkpoint[0]).resolve().parent.name / "eval"
     # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
     _refuse_overwrite({"--out": out_dir}, {"--checkpoint": checkpoint}, {"--out": report_files(splits, tag, beam or 1)})
     if attention:
@@ -167,8 +169,10 @@ def evaluate(
             _fail(f"--limit {limit}: must be >= 1", 2)
         for name in splits:
             refuse_overwrite_in(Path(attention) / name, "*.png", {"--checkpoint": checkpoint}, "--attention")
+    if attention and len(checkpoint) > 1:
+        _fail("--attention draws one model's attention; give a single --checkpoint", 2)
     dev = _device(device)
-    model, cfg, codecs = load_for_inference(checkpoint, dev)
+    model, cfg, codecs = load_models(checkpoint, dev)
     if attention:
         from mt_cli.attention_maps import check_selection
 
@@ -188,7 +192,7 @@ def evaluate(
             _amp(dev),
             log=_say,
             tag=tag,
-            checkpoint=str(checkpoint),
+            checkpoint=checkpoint,
         )
         typer.echo(format_table(report))
         typer.echo(f"report: {out_dir}")
@@ -227,8 +231,11 @@ def _attention_setup(folder: str, layer: str, heads: str):
 
 @app.command()
 def translate(
-    checkpoint: str = typer.Option(
-        ..., "--checkpoint", help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2)."
+    checkpoint: List[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
+        "(same vocabularies): their ensemble.",
     ),
     input: str = typer.Option("-", "--input", "-i", help="Text file, one sentence per line; - = stdin."),
     output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
@@ -264,6 +271,8 @@ def translate(
     sampler = Sampler.parse(sample, seed) if sample else None
     if sampler and (nbest > 1 or (beam or 1) > 1):
         _fail(f"--sample {sample} draws one translation per line: it takes no --beam or --nbest", 2)
+    if attention and len(checkpoint) > 1:
+        _fail("--attention draws one model's attention; give a single --checkpoint", 2)
     maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
     if output != "-":
         if Path(output).is_dir():
@@ -497,8 +506,11 @@ def export(
 
 @app.command()
 def serve(
-    checkpoint: str = typer.Option(
-        ..., "--checkpoint", help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2)."
+    checkpoint: List[str] = typer.Option(
+        ...,
+        "--checkpoint",
+        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
+        "(same vocabularies): their ensemble.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),

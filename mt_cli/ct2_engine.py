@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mt_cli.checkpoint import load_for_inference
+from mt_cli.checkpoint import CheckpointError, load_models
 from mt_cli.config import Config, DecodeConfig, config_from_dict
 from mt_cli.data.tokenize import SideCodec
 from mt_cli.data.vocab import PAD
@@ -106,12 +106,17 @@ def _batches(limits: list[int], size: int, same_limit: bool) -> list[list[int]]:
     return batches + ([current] if current else [])
 
 
-def load_translator(path: str | Path, device: torch.device):
+def load_translator(paths: str | Path | list, device: torch.device):
     """(model, config, codecs) to translate with: a folder from `mt export` runs on CTranslate2, a checkpoint on
-    PyTorch. Only translation takes both (mt translate, mt serve); scoring, evaluation and export need weights."""
-    if is_exported(path):
-        return load_exported(path, device)
-    return load_for_inference(path, device)
+    PyTorch, several checkpoints as their ensemble. Only translation takes a folder (mt translate, mt serve);
+    scoring, evaluation and export need weights."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    exported = [p for p in paths if is_exported(p)]
+    if exported and len(paths) > 1:
+        raise CheckpointError(f"{exported[0]}: an exported folder translates alone; an ensemble takes .pt checkpoints")
+    if exported:
+        return load_exported(exported[0], device)
+    return load_models(paths, device)
 
 
 def load_exported(folder: str | Path, device: torch.device) -> tuple[CTranslate2Model, Config, dict]:

@@ -81,7 +81,7 @@ def evaluate_splits(
     amp_dtype=None,
     log=print,
     tag: str = "",
-    checkpoint: str | None = None,
+    checkpoint: str | list[str] | None = None,
 ) -> dict:
     """Decode and score each split; write hypotheses and a JSON report under out_dir (an existing report
     of the same tag and beam keeps its other splits if they come from the same checkpoint file). Every split
@@ -90,7 +90,9 @@ def evaluate_splits(
     if checkpoint:  # which file, as of when: a retrained best.pt must not share a report with the old one
         from datetime import datetime
 
-        made = datetime.fromtimestamp(Path(checkpoint).stat().st_mtime).isoformat()
+        files = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
+        checkpoint = " + ".join(str(f) for f in files)  # an ensemble: all of its members
+        made = " + ".join(datetime.fromtimestamp(Path(f).stat().st_mtime).isoformat() for f in files)
     loaded = {split: load_eval_split(cfg, split) for split in splits}  # a bad --split fails before any work
     report, hyps = {}, {}
     for split, (data, _, refs) in loaded.items():
