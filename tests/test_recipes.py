@@ -4,6 +4,7 @@ and that training on a prepared corpus never imports spaCy."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -134,6 +135,28 @@ def test_inverse_sqrt_schedule_warms_up_then_decays(small, tmp_path):
     for m in _metrics(s):  # the logged lr is the one of the epoch's last step
         step, w = m["step"], 5
         assert m["lr"] == pytest.approx(1e-3 * min(step / w, (w / step) ** 0.5), rel=1e-6)
+
+
+def test_cosine_schedule_reaches_min_lr_at_the_runs_last_update(small, tmp_path):
+    """The trainer gives the schedule the run's length (epochs × updates per epoch): the last epoch's last
+    update runs at min_lr, and the rate falls every epoch after warm-up."""
+    cfg, s = _train(
+        small,
+        "train.epochs=3",
+        "train.scheduler=cosine",
+        "train.warmup_steps=3",
+        "train.lr=1e-3",
+        "train.min_lr=1e-5",
+        "train.val_bleu=false",
+        tmp=tmp_path,
+    )
+    metrics = _metrics(s)
+    total, w = metrics[-1]["step"], 3
+    assert total == 3 * metrics[0]["step"]  # every epoch the same number of updates
+    for m in metrics:
+        t = (m["step"] - w) / (total - w)
+        assert m["lr"] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(math.pi * t)) / 2, rel=1e-6)
+    assert metrics[-1]["lr"] == pytest.approx(1e-5)
 
 
 def test_training_does_not_import_spacy(small, tmp_path):

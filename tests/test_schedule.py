@@ -4,6 +4,8 @@ per step, constant, and a resumed schedule that carries on where it stopped."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -134,3 +136,40 @@ def test_constant_schedule_never_changes():
         sched.before_step(epoch * 100)
         sched.after_epoch(epoch, 5.0)
     assert sched.lr == 3e-4
+
+
+@pytest.mark.parametrize("warmup, total, min_lr", [(10, 110, 0.0), (1, 50, 1e-4), (100, 100, 0.0), (40, 400, 2e-4)])
+def test_cosine_is_the_formula(warmup, total, min_lr):
+    """Linear warm-up to lr at step = warmup, then min_lr + (lr - min_lr)(1 + cos(π·t))/2, t = (step - warmup) /
+    (total - warmup): lr at the end of warm-up, the mean of lr and min_lr half-way, min_lr at the last update."""
+    lr = 2e-3
+    opt = optimizer(lr)
+    sched = LRSchedule(opt, TrainConfig(lr=lr, scheduler="cosine", warmup_steps=warmup, min_lr=min_lr))
+    sched.set_total(total)
+    sched.set_total(10 * total)  # the first total is kept (a resumed run restores it)
+    for step in range(1, total + 1):
+        sched.before_step(step)
+        if step <= warmup:
+            want = lr * step / warmup
+        else:
+            t = (step - warmup) / max(1, total - warmup)
+            want = min_lr + (lr - min_lr) * (1 + math.cos(math.pi * t)) / 2
+        assert sched.lr == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert sched.lr == pytest.approx(min_lr if total > warmup else lr, abs=1e-15)
+    if (total - warmup) % 2 == 0 and total > warmup:
+        sched.before_step(warmup + (total - warmup) // 2)
+        assert sched.lr == pytest.approx((lr + min_lr) / 2, rel=1e-12)
+    sched.before_step(total + 50)  # past the planned end (a larger max_steps on resume): held at the floor
+    assert sched.lr == pytest.approx(min_lr, abs=1e-15)
+
+
+def test_resumed_cosine_schedule_keeps_its_total():
+    cfg = TrainConfig(lr=1.0, scheduler="cosine", warmup_steps=5, min_lr=0.0)
+    first = LRSchedule(optimizer(), cfg)
+    first.set_total(105)
+    first.before_step(30)
+    resumed = LRSchedule(optimizer(), cfg)
+    resumed.load_state_dict(first.state_dict())
+    resumed.set_total(500)  # what a resumed trainer offers: ignored, the saved plan holds
+    resumed.before_step(55)
+    assert resumed.lr == pytest.approx(0.5)  # half-way through the 100 decay steps of the saved plan

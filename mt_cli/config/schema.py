@@ -22,6 +22,7 @@ MAX_BEAM = 64  # beam sizes above this are a typo, and would exhaust memory
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per name; runs may add -2, -3, …
 MAX_LR = 1e9  # a ceiling against typos only: absurd but finite rates are how the divergence handling is tested
 MAX_LENGTH_PENALTY = 5.0  # GNMT alpha: 0-2 in practice; the penalty ((5+len)/6)^alpha overflows beyond
+MAX_SUBWORD_SAMPLES = 64  # each is a copy of the training split on disk
 MAX_LEN_A = 10.0  # outputs of 10x the source length are runaway decoding (they stop at model.max_positions)
 
 
@@ -90,6 +91,8 @@ class DataConfig:
     dedup: bool = False  # training pairs that repeat an earlier one (after normalization): skipped
     drop_identical: bool = False  # training pairs whose two sides are the same text: skipped
     resident_max_mb: int = 1024  # a split whose padded matrices fit stays on the device; larger ones are streamed
+    subword_samples: int = 0  # extra segmentations of the training split, sampled at prepare time (0: none)
+    subword_alpha: float = 0.1  # their sampling: BPE-dropout probability (bpe) or smoothing alpha (unigram)
 
     def validate(self) -> None:
         langs = ("de", "en", "fr", "cs")
@@ -118,6 +121,17 @@ class DataConfig:
             "must be a number in [1, 1000] or null",
         )
         _check(self.resident_max_mb >= 0, "data.resident_max_mb", "must be >= 0 (0: always stream)")
+        _check(
+            0 <= self.subword_samples <= MAX_SUBWORD_SAMPLES,
+            "data.subword_samples",
+            f"must be in [0, {MAX_SUBWORD_SAMPLES}]",
+        )
+        _check(
+            not self.subword_samples or self.tokenizer == "sentencepiece",
+            "data.subword_samples",
+            "samples segmentations of a sentencepiece model: needs data.tokenizer: sentencepiece",
+        )
+        _check_float(self.subword_alpha, "data.subword_alpha", 0.0, 1.0, low_open=True, high_open=True)
 
     @property
     def corpus_name(self) -> str:
@@ -138,7 +152,8 @@ class DataConfig:
         d = dataclasses.asdict(self)
         d.pop("root")
         d.pop("resident_max_mb")  # how training reads the corpus, not what it holds
-        for k in ("sp_sample", "max_ratio", "dedup", "drop_identical"):  # newer keys: at their default, corpora
+        for k in ("sp_sample", "max_ratio", "dedup", "drop_identical", "subword_samples", "subword_alpha"):
+            # newer keys: at their default, corpora
             if d[k] == getattr(DataConfig, k):  # keep the fingerprint they had before
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -190,7 +205,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip: float = 1.0
     label_smoothing: float = 0.1
-    scheduler: Literal["plateau", "inverse_sqrt", "constant"] = "plateau"
+    scheduler: Literal["plateau", "inverse_sqrt", "cosine", "constant"] = "plateau"
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     warmup_epochs: int = 0

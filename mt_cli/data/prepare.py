@@ -215,6 +215,19 @@ def load_manifest(folder: Path) -> dict:
     return man
 
 
+def sampled_split_name(cfg: Config, epoch: int) -> str | None:
+    """The training split epoch `epoch` reads: with data.subword_samples K, sampled segmentation (epoch - 1) mod
+    K + 1 (every epoch of the first K sees a new one); None: the usual training split."""
+    k = cfg.data.subword_samples
+    return f"train.s{(epoch - 1) % k + 1}" if k else None
+
+
+def load_sampled_split(cfg: Config, name: str):
+    from mt_cli.data.batching import Split
+
+    return Split(corpus_dir(cfg.data) / name, cfg.train.bucket_width, resident_max_mb=cfg.data.resident_max_mb)
+
+
 def load_corpus(cfg: Config, bucket_width: int, resident: bool | None = None):
     """The prepared corpus of `cfg`: (codecs, train split, valid split, manifest). `resident`: force the splits
     onto (True) or off (False) the device-resident path; None: by data.resident_max_mb."""

@@ -272,6 +272,20 @@ class SideCodec:
         out[mask], out[~mask] = ids, rest
         return out, all_lens
 
+    def encode_sampled(self, texts: list[str], alpha: float, seed: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """encode_flat's (ids, lengths) of normalized `texts` with a segmentation sampled by sentencepiece
+        (BPE-dropout for bpe, subword regularization for unigram), seeded; a sampled text longer than `max_len`
+        ids keeps its usual segmentation (the pair filter passed that one)."""
+        import sentencepiece as spm
+
+        spm.set_random_generator_seed(seed % 2**32)
+        # one thread: the draws then come in text order, so a seed repeats them
+        ids = self.sp.encode(texts, enable_sampling=True, alpha=alpha, nbest_size=-1, num_threads=1)
+        for i, row in enumerate(ids):
+            if len(row) > max_len:
+                ids[i] = self.sp.encode(texts[i])
+        return flatten(ids)
+
     def decode(self, ids: list[int]) -> str:
         """Ids (no specials expected; they are dropped) back to text."""
         ids = [i for i in ids if i >= len(SPECIALS) or i == UNK]

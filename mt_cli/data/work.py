@@ -83,7 +83,23 @@ def encode(c: Chunk) -> dict:
         "digests": pair_digests([src[i] for i in rows], [tgt[i] for i in rows])
         if c.split == "train" and data.dedup
         else None,
+        "samples": _samples(c, [src[i] for i in rows], [tgt[i] for i in rows]) if c.split == "train" else [],
     }
+
+
+def _samples(c: Chunk, src: list[str], tgt: list[str]) -> list[dict]:
+    """data.subword_samples sampled segmentations of the kept pairs, each {src, src_len, tgt, tgt_len}. The seed
+    comes from the sample's number and the chunk's first line, so any number of workers draws the same."""
+    data, codecs, dtype = _JOB["data"], _JOB["codecs"], _JOB["dtype"]
+    out = []
+    for k in range(1, data.subword_samples + 1):
+        sample = {}
+        for side, codec, texts in zip(("src", "tgt"), codecs, (src, tgt)):
+            seed = (k * 1_000_003 + (side == "tgt") * 7_919 + c.first) * 2_654_435_761
+            ids, lens = codec.encode_sampled(texts, data.subword_alpha, seed, data.max_len)
+            sample[side], sample[f"{side}_len"] = ids.astype(dtype), lens
+        out.append(sample)
+    return out
 
 
 def _raw_source(c: Chunk, lines: list[str]) -> bytes:

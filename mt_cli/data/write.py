@@ -15,13 +15,20 @@ from mt_cli.data.stream import ordered_map, read_chunks
 from mt_cli.data.vocab import UNK
 
 
-def _select(r: dict, keep: np.ndarray) -> dict:
-    """Chunk result `r` restricted to the pairs in `keep`."""
-    rows = np.flatnonzero(keep)
+def _select_ids(r: dict, keep: np.ndarray) -> dict:
+    """The ids and lengths of both sides in `r` restricted to the pairs in `keep`."""
     out = dict(r)
     for side in SIDES:
         out[side] = r[side][np.repeat(keep, r[f"{side}_len"])]
-        out[f"{side}_len"] = r[f"{side}_len"][rows]
+        out[f"{side}_len"] = r[f"{side}_len"][keep]
+    return out
+
+
+def _select(r: dict, keep: np.ndarray) -> dict:
+    """Chunk result `r` restricted to the pairs in `keep`."""
+    rows = np.flatnonzero(keep)
+    out = _select_ids(r, keep)
+    out["samples"] = [_select_ids(sample, keep) for sample in r.get("samples", [])]
     for key in ("src_text", "ref_text"):  # UTF-8 lines, each ending in a newline (none inside: \r is gone too)
         lines = r[key].split(b"\n")
         out[key] = b"".join(lines[i] + b"\n" for i in rows)
@@ -38,6 +45,18 @@ class SplitWriter:
         self.src_text = open(folder / f"{name}.{data.src_lang}", "wb")  # UTF-8 lines from the workers
         self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "wb")
         self.seen = DigestSet() if name == "train" and data.dedup else None
+        # the sampled segmentations of the training split: splits train.s1 ... (ids only; the text is train's)
+        self.samples = [
+            {
+                s: (
+                    ArrayWriter(array_path(folder, f"{name}.s{k}", s), dtype),
+                    OffsetsWriter(array_path(folder, f"{name}.s{k}", s, offsets=True)),
+                )
+                for s in SIDES
+            }
+            for k in range(1, (data.subword_samples if name == "train" else 0) + 1)
+        ]
+        self.sample_info = [{"pairs": 0, "src_tokens": 0, "tgt_tokens": 0} for _ in self.samples]
         self.info = {
             "pairs": 0,
             "raw_lines": 0,
@@ -58,6 +77,12 @@ class SplitWriter:
             self.tokens[side].append(r[side])
             self.offsets[side].add_lengths(r[f"{side}_len"])
             self.info[f"{side}_tokens"] += len(r[side])
+        for writers, sample, totals in zip(self.samples, r["samples"], self.sample_info):
+            for side, (tokens, offsets) in writers.items():
+                tokens.append(sample[side])
+                offsets.add_lengths(sample[f"{side}_len"])
+                totals[f"{side}_tokens"] += len(sample[side])
+            totals["pairs"] += len(sample["src_len"])
         self.src_text.write(r["src_text"])
         self.ref_text.write(r["ref_text"])
         self.info["pairs"] += len(r["src_len"])
@@ -67,7 +92,8 @@ class SplitWriter:
             self.info[f"skipped_{k}"] += v
 
     def close(self) -> dict:
-        for w in chain(self.tokens.values(), self.offsets.values()):
+        sampled = (w for writers in self.samples for pair in writers.values() for w in pair)
+        for w in chain(self.tokens.values(), self.offsets.values(), sampled):
             w.close()
         self.src_text.close()
         self.ref_text.close()
@@ -122,6 +148,15 @@ def _finish(writers: dict, info: dict, specs: dict, data, log) -> None:
     name = next(reversed(writers))
     w = writers.pop(name)
     info[name] = w.close()
+    for k, counts in enumerate(w.sample_info, 1):  # the manifest lists them, so a lost one makes it stale
+        info[f"{name}.s{k}"] = counts
+    if w.sample_info:
+        grown = sum(c["src_tokens"] + c["tgt_tokens"] for c in w.sample_info) / len(w.sample_info)
+        usual = info[name]["src_tokens"] + info[name]["tgt_tokens"]
+        log(
+            f"{name}: {len(w.sample_info)} sampled segmentations (data.subword_alpha={data.subword_alpha}), "
+            f"{grown / max(usual, 1) - 1:+.1%} tokens"
+        )
     skipped = _skipped(info[name], data)
     if skipped:
         log(f"{name}: skipped {skipped}")

@@ -20,6 +20,7 @@ from mt_cli import distributed
 from mt_cli.atomic import append_line
 from mt_cli.config import Config
 from mt_cli.data.batching import Batch, Split, batch_plan, iterate, shard
+from mt_cli.data.prepare import load_sampled_split, sampled_split_name
 from mt_cli.evaluate import decode_split, validation_loss
 from mt_cli.metrics import EPOCH_METRICS, score
 from mt_cli.steps import SKIPPED, StepTotals
@@ -107,6 +108,7 @@ class Trainer:
         self.estimate: DurationEstimate | None = None  # made at the first epoch this process trains (CPU only)
         self.rules = StopRules(ctx.cfg.train)
         self.stop: StopReason | None = self.rules.ended_already(state)
+        self.sampled: Split | None = None  # this epoch's sampled segmentation of the training split
 
     # -- the loop ----------------------------------------------------------------------------------
     def fit(self) -> None:
@@ -124,21 +126,34 @@ class Trainer:
         self.writer.close()  # everything on disk before the final test reads best.pt and the epoch checkpoints
         self.signals.refuse_after_training(self.checkpointer.last_path, self.ctx.resume_hint)
 
+    def split_of(self, epoch: int) -> Split:
+        """The epoch's training split: one of the sampled segmentations (data.subword_samples), else the usual."""
+        name = sampled_split_name(self.cfg, epoch)
+        if name is None:
+            return self.train_split
+        if self.sampled is None or self.sampled.name != name:
+            self.sampled = None  # the previous one let go before the next is read
+            self.sampled = load_sampled_split(self.cfg, name).to(self.ctx.device)
+        return self.sampled
+
     def train_epoch(self, epoch: int) -> EpochProgress:
         """This rank's share of the epoch's batches, from the saved position when the run resumes in it."""
         cfg, state = self.cfg.train, self.state
+        split = self.split_of(epoch)
         plan = shard(
-            batch_plan(self.train_split, cfg.batch_sentences, cfg.max_tokens, shuffle=True, seed=cfg.seed, epoch=epoch),
+            batch_plan(split, cfg.batch_sentences, cfg.max_tokens, shuffle=True, seed=cfg.seed, epoch=epoch),
             self.ctx.rank,
             self.ctx.world,
         )
         start = min(state.position, len(plan)) if epoch == state.epoch else 0
         self.seen_skipped = float(self.parts.stepper.acc[SKIPPED].item()) if start else 0.0
+        steps_to_go = self.rules.steps_to_go(state, epoch, len(plan), start)
+        self.parts.schedule.set_total(state.step + steps_to_go)
         if self.estimate is None and self.ctx.device.type == "cpu":
-            self.estimate = DurationEstimate(self.rules.steps_to_go(state, epoch, len(plan), start), self.cfg.name)
+            self.estimate = DurationEstimate(steps_to_go, self.cfg.name)
         progress, request, started = EpochProgress(len(plan)), None, time.time()
         bar = tqdm(
-            iterate(self.train_split, plan, self.ctx.device, start, trim=self.ctx.device.type == "cpu"),
+            iterate(split, plan, self.ctx.device, start, trim=self.ctx.device.type == "cpu"),
             total=len(plan),
             initial=start,
             desc=f"epoch {epoch}",
