@@ -257,10 +257,13 @@ def translate(
         None, "--sample", help="Sample instead of searching: topk:K or topp:P (e.g. back-translation)."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of --sample."),
+    src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language [the model's main one]."),
+    tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language [the model's main one]."),
 ):
     """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
     from mt_cli.atomic import check_writable
     from mt_cli.ct2_engine import load_translator
+    from mt_cli.data.multilingual import choose_direction, for_direction
     from mt_cli.decode import Sampler
     from mt_cli.translate import open_input, output_writer, read_chunks, sigterm_raises, translate_stream
 
@@ -281,6 +284,7 @@ def translate(
     dev = _device(device)
     stream, where = open_input(input)  # a missing input file answers before the model loads
     model, cfg, codecs = load_translator(checkpoint, dev)
+    codecs = for_direction(codecs, cfg.data, choose_direction(cfg.data, src_lang, tgt_lang))
     if attention:
         from mt_cli.attention_maps import check_selection
 
@@ -452,6 +456,7 @@ def score(
 
     normalised = raw / ((5 + len) / 6) ** alpha, the score beam search ranks by (len counts <eos>)."""
     from mt_cli.checkpoint import load_for_inference
+    from mt_cli.data.multilingual import for_direction
     from mt_cli.score import paired_lines, score_stream
     from mt_cli.translate import chunked, open_input, output_writer, read_bounded_lines, sigterm_raises
 
@@ -465,6 +470,7 @@ def score(
     dev = _device(device)
     (src, src_name), (ref, ref_name) = open_input(input), open_input(reference)
     model, cfg, codecs = load_for_inference(checkpoint, dev)
+    codecs = for_direction(codecs, cfg.data, cfg.data.directions[0])  # a multilingual model: its main direction
     alpha = cfg.decode.length_penalty if length_penalty is None else length_penalty
     pairs = paired_lines(
         read_bounded_lines(src, src_name, max_line_bytes),

@@ -15,6 +15,7 @@ from mt_cli.checkpoint import load_checkpoint, restore
 from mt_cli.config import Config
 from mt_cli.data.arrays import has_split, split_names
 from mt_cli.data.batching import Split, batch_plan, iterate
+from mt_cli.data.multilingual import split_langs
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.decode import translate_ids
@@ -53,8 +54,9 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
         )
         raise DataError(f"{folder}: no split {split!r} ({hint})")
     data = Split(folder / split, cfg.train.bucket_width, resident_max_mb=cfg.data.resident_max_mb)
-    src = read_lines(folder / f"{split}.{cfg.data.src_lang}")
-    refs = read_lines(folder / f"{split}.ref.{cfg.data.tgt_lang}")
+    src_lang, tgt_lang = split_langs(cfg.data, split)  # a multilingual corpus: the split's own direction
+    src = read_lines(folder / f"{split}.{src_lang}")
+    refs = read_lines(folder / f"{split}.ref.{tgt_lang}")
     return data, src, refs
 
 

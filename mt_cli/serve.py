@@ -35,10 +35,12 @@ class Engine:
 def load_engine(path: str, device) -> Engine:
     """A checkpoint from mt train (decoded by mt_cli's own search) or a folder from mt export (CTranslate2)."""
     from mt_cli.ct2_engine import is_exported, load_translator
+    from mt_cli.data.multilingual import for_direction
     from mt_cli.steps import resolve_precision
     from mt_cli.translate import translate_lines
 
     model, cfg, codecs = load_translator(path, device)
+    codecs = for_direction(codecs, cfg.data, cfg.data.directions[0])  # a multilingual model serves its main one
     exported = is_exported(path)
     amp = resolve_precision("auto", device)  # as mt translate
 

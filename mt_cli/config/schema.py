@@ -91,11 +91,14 @@ class DataConfig:
     dedup: bool = False  # training pairs that repeat an earlier one (after normalization): skipped
     drop_identical: bool = False  # training pairs whose two sides are the same text: skipped
     resident_max_mb: int = 1024  # a split whose padded matrices fit stays on the device; larger ones are streamed
+    pairs: list[str] = field(default_factory=list)  # Multi30k directions trained together; the first is the main
     subword_samples: int = 0  # extra segmentations of the training split, sampled at prepare time (0: none)
     subword_alpha: float = 0.1  # their sampling: BPE-dropout probability (bpe) or smoothing alpha (unigram)
 
     def validate(self) -> None:
         langs = ("de", "en", "fr", "cs")
+        if self.pairs:
+            self._validate_pairs(langs)
         if self.corpus == "multi30k":
             for k in ("src_lang", "tgt_lang"):
                 _check(
@@ -133,6 +136,36 @@ class DataConfig:
         )
         _check_float(self.subword_alpha, "data.subword_alpha", 0.0, 1.0, low_open=True, high_open=True)
 
+    def _validate_pairs(self, langs: tuple[str, ...]) -> None:
+        """data.pairs: distinct "xx-yy" Multi30k directions, one joint sentencepiece vocabulary; the first pair
+        becomes data.src_lang / data.tgt_lang (validation, and translation by default)."""
+        _check(self.corpus == "multi30k", "data.pairs", "trains several Multi30k directions: needs corpus multi30k")
+        _check(len(set(self.pairs)) == len(self.pairs), "data.pairs", "names a direction twice")
+        for pair in self.pairs:
+            src, _, tgt = str(pair).partition("-")
+            _check(
+                src in langs and tgt in langs and src != tgt,
+                "data.pairs",
+                f"{short(pair)}: write a direction as src-tgt over {', '.join(langs)} (e.g. de-en)",
+            )
+        _check(
+            self.tokenizer == "sentencepiece" and self.joint_vocab,
+            "data.joint_vocab",
+            "data.pairs trains one joint sentencepiece vocabulary: set data.tokenizer: sentencepiece and "
+            "data.joint_vocab: true",
+        )
+        self.src_lang, self.tgt_lang = self.pairs[0].split("-")
+
+    @property
+    def directions(self) -> list[tuple[str, str]]:
+        """(source, target) language of every direction the corpus trains, the main one first."""
+        return [tuple(p.split("-")) for p in self.pairs] or [(self.src_lang, self.tgt_lang)]
+
+    def target_tag(self, tgt_lang: str) -> str | None:
+        """The token that asks for `tgt_lang` at the start of a source sentence, where more than one target
+        language occurs (fairseq's and OpenNMT's language tags); else None."""
+        return f"<2{tgt_lang}>" if len({t for _, t in self.directions}) > 1 else None
+
     @property
     def corpus_name(self) -> str:
         """Folder name under data/: what the corpus holds plus a short hash of the data config, so
@@ -145,16 +178,17 @@ class DataConfig:
             else f"{self.sp_type}{self.sp_vocab_size}{'j' if self.joint_vocab else ''}"
         )
         case = ".lc" if self.lowercase else ""
-        return f"{self.corpus}_{self.src_lang}_{self.tgt_lang}.{tok}{case}.{self.fingerprint()[:6]}"
+        langs = "+".join(self.pairs) if len(self.pairs) > 1 else f"{self.src_lang}_{self.tgt_lang}"
+        return f"{self.corpus}_{langs}.{tok}{case}.{self.fingerprint()[:6]}"
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes the prepared corpus."""
         d = dataclasses.asdict(self)
         d.pop("root")
         d.pop("resident_max_mb")  # how training reads the corpus, not what it holds
-        for k in ("sp_sample", "max_ratio", "dedup", "drop_identical", "subword_samples", "subword_alpha"):
-            # newer keys: at their default, corpora
-            if d[k] == getattr(DataConfig, k):  # keep the fingerprint they had before
+        defaults = DataConfig()
+        for k in ("sp_sample", "max_ratio", "dedup", "drop_identical", "subword_samples", "subword_alpha", "pairs"):
+            if d[k] == getattr(defaults, k):  # newer keys: at their default, corpora keep the fingerprint they had
                 d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

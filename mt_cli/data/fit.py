@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from mt_cli.data import work
+from mt_cli.data.multilingual import tags
 from mt_cli.data.sources import DataError
 from mt_cli.data.stream import count_lines, ordered_map, read_chunks, sample_chunks
 from mt_cli.data.tokenize import SideCodec
@@ -82,7 +83,18 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
     log(f"training sentencepiece {models}; on {most:,} sentences{sampled})")
 
     def job(inputs: list[Path], lang: str) -> tuple:
-        return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size  # all of the (sampled) input, in order
+        # all of the (sampled) input, in order; the language tags of data.pairs as pieces of their own, with the
+        # word-start mark a sentence's first word gets (a bare "<2de>" would cost an extra "▁" piece)
+        return (
+            inputs,
+            lang,
+            data.lowercase,
+            data.sp_type,
+            data.sp_vocab_size,
+            None,
+            1,
+            tuple("\u2581" + tag for tag in tags(data)),
+        )
 
     jobs = (
         [job(paths, data.src_lang)]

@@ -12,6 +12,7 @@ from mt_cli.atomic import check_writable, explain, no_new_folders_on_failure, wr
 from mt_cli.config import Config, DataConfig
 from mt_cli.data.arrays import has_split
 from mt_cli.data.fit import fit_codecs, token_files
+from mt_cli.data.multilingual import merge_directions
 from mt_cli.data.sources import (
     DataError,
     fetch_multi30k,
@@ -51,22 +52,27 @@ def is_prepared(data: DataConfig) -> bool:
     )
 
 
-def _split_files(data: DataConfig, source: str | None, log) -> tuple[dict[str, list[Path]], dict]:
-    """The file(s) of every split, training first (Multi30k files are fetched and verified first), and the
-    manifest's record of them (checksums; for a 'files' corpus also sizes and modification times)."""
+def _split_files(data: DataConfig, source: str | None, log, tmp: Path) -> tuple[dict[str, list[Path]], dict]:
+    """The file(s) of every split, training first (Multi30k files are fetched and verified first; several
+    directions are merged into files in `tmp`), and the manifest's record of them (checksums; for a 'files'
+    corpus also sizes and modification times)."""
     if data.corpus == "multi30k":
-        names = multi30k_splits(data.src_lang, data.tgt_lang)
-        files = [f"{s}.{lang}.gz" for s in names for lang in (data.src_lang, data.tgt_lang)]
+        pairs = data.pairs if len(data.pairs) > 1 else [f"{data.src_lang}-{data.tgt_lang}"]
+        per_pair = {}
+        for pair in pairs:
+            s_lang, t_lang = pair.split("-")
+            per_pair[pair] = {
+                "valid" if s == "val" else s: [Path(data.root) / "multi30k_raw" / f"{s}.{lang}.gz" for lang in (
+                    s_lang, t_lang)] for s in multi30k_splits(s_lang, t_lang)
+            }  # fmt: skip
+        files = list(dict.fromkeys(p.name for splits in per_pair.values() for pair in splits.values() for p in pair))
         raw_dir = Path(data.root) / "multi30k_raw"
         if not all((raw_dir / f).is_file() for f in files):  # a complete cache needs no source
             source = multi30k_source(source)
         origin = f"from {source}" if source else "download or cache"
         log(f"fetching {len(files)} Multi30k files into {raw_dir} ({origin})")
         sums = fetch_multi30k(files, raw_dir, source)
-        specs = {
-            "valid" if s == "val" else s: [raw_dir / f"{s}.{lang}.gz" for lang in (data.src_lang, data.tgt_lang)]
-            for s in names
-        }
+        specs = per_pair[pairs[0]] if len(pairs) == 1 else merge_directions(data, per_pair, tmp)
     else:
         given = user_splits(data)
         log(f"reading {', '.join(f'{s} ({spec})' for s, spec in given.items())}")
@@ -149,16 +155,18 @@ def prepare_corpus(
 
 def _prepare(data: DataConfig, source: str | None, workers: int | None, log, out: Path) -> Path:
     t0 = time.time()
-    specs, record = _split_files(data, source, log)
-    if workers is None:  # small corpora (Multi30k) are faster in this process than with workers to start
-        size = sum(p.stat().st_size for files in specs.values() for p in files if p.is_file())
-        workers = default_workers() if size > SMALL_INPUT_BYTES else 1
-    log(f"preparing in {workers} worker processes" if workers > 1 else "preparing in this process")
     tmp = fresh_tempdir(out.parent)
     try:
+        specs, record = _split_files(data, source, log, tmp)
+        if workers is None:  # small corpora (Multi30k) are faster in this process than with workers to start
+            size = sum(p.stat().st_size for files in specs.values() for p in files if p.is_file())
+            workers = default_workers() if size > SMALL_INPUT_BYTES else 1
+        log(f"preparing in {workers} worker processes" if workers > 1 else "preparing in this process")
         src_codec, tgt_codec = fit_codecs(data, specs["train"], workers, tmp, log)
         log(f"vocabularies: {data.src_lang} {len(src_codec.vocab)}, {data.tgt_lang} {len(tgt_codec.vocab)}")
         info = write_splits(tmp, specs, data, (src_codec, tgt_codec), workers, log, token_files(data, tmp))
+        for path in (p for files in specs.values() for p in files if p.parent == tmp):  # merged directions
+            path.unlink()
         save_codecs(tmp / "codecs.pt", src_codec, tgt_codec)
         write_json(tmp / f"vocab.{data.src_lang}.json", src_codec.vocab.itos)
         write_json(tmp / f"vocab.{data.tgt_lang}.json", tgt_codec.vocab.itos)

@@ -176,9 +176,11 @@ class SideCodec:
         vocab_size: int,
         sample: int | None = None,
         threads: int = 1,
+        symbols: tuple[str, ...] = (),
     ):
         """Train on normalized text files, one sentence a line; with `sample`, on a random sample of that many
-        sentences (sentencepiece's reservoir sampling, seeded: the same files give the same model)."""
+        sentences (sentencepiece's reservoir sampling, seeded: the same files give the same model). `symbols`
+        (language tags) are pieces of their own, never split."""
         import sentencepiece as spm
 
         sampling = (
@@ -206,6 +208,7 @@ class SideCodec:
                     hard_vocab_limit=False,
                     num_threads=threads,
                     minloglevel=2,
+                    **({"user_defined_symbols": list(symbols)} if symbols else {}),
                     **sampling,
                 )
             except RuntimeError as e:  # e.g. fewer pieces than the corpus has distinct characters

@@ -10,6 +10,7 @@ import numpy as np
 from mt_cli.data import work
 from mt_cli.data.arrays import SIDES, ArrayWriter, OffsetsWriter, array_path, token_dtype
 from mt_cli.data.clean import REASONS, DigestSet
+from mt_cli.data.multilingual import split_langs
 from mt_cli.data.sources import DataError
 from mt_cli.data.stream import ordered_map, read_chunks
 from mt_cli.data.vocab import UNK
@@ -42,8 +43,9 @@ class SplitWriter:
         self.name = name
         self.tokens = {s: ArrayWriter(array_path(folder, name, s), dtype) for s in SIDES}
         self.offsets = {s: OffsetsWriter(array_path(folder, name, s, offsets=True)) for s in SIDES}
-        self.src_text = open(folder / f"{name}.{data.src_lang}", "wb")  # UTF-8 lines from the workers
-        self.ref_text = open(folder / f"{name}.ref.{data.tgt_lang}", "wb")
+        src_lang, tgt_lang = split_langs(data, name)
+        self.src_text = open(folder / f"{name}.{src_lang}", "wb")  # UTF-8 lines from the workers
+        self.ref_text = open(folder / f"{name}.ref.{tgt_lang}", "wb")
         self.seen = DigestSet() if name == "train" and data.dedup else None
         # the sampled segmentations of the training split: splits train.s1 ... (ids only; the text is train's)
         self.samples = [
