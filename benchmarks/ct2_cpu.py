@@ -1,7 +1,7 @@
 """CTranslate2 against mt_cli's PyTorch path on this machine's CPU, side by side in one run: a trained
 checkpoint exported at float32 and int8, each engine translating a test set greedy and with beam 5 through
 translate_lines (what `mt translate` runs), timed after a warm-up; cased sacreBLEU of every output.
-  python benchmarks/ct2_cpu.py --checkpoint saved/multi30k_cpu/averaged.pt --out benchmarks/cpu/ct2_cpu.json"""
+  python benchmarks/ct2_cpu.py --checkpoint saved/multi30k_cpu/best.pt --out benchmarks/cpu/ct2_cpu.json"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Starts the real server, sends CLIENTS concurrent clients REQUESTS requests each of LINES source lines of a
 test set, and reports throughput (lines/s) and latency percentiles; then times `mt translate`'s engine
 (translate_lines, the whole set in one call, model already loaded) on the same lines, in the same run.
-  python benchmarks/serve_load.py --checkpoint saved/multi30k_cpu/best.pt --out benchmarks/serve/cpu.json"""
+  python benchmarks/serve_load.py --checkpoint saved/multi30k_cpu/best.pt --out benchmarks/serve/serve_load_cpu.json"""
 
 from __future__ import annotations
 
