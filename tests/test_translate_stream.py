@@ -194,6 +194,31 @@ def test_stdout_gets_each_chunk_before_the_input_ends(tiny, memorized, tmp_path)
     assert rest == [b"\n", f"{tc}\n".encode(), b""]
 
 
+def test_a_reader_that_goes_away_stops_the_run_quietly(tiny, memorized, tmp_path):
+    """`mt translate -i big | head -1`: once stdout's reader is gone the run stops (it does not translate the
+    rest of the file), without a traceback or an error line, with click's exit status 1 for a broken pipe."""
+    n = 2_000
+    (tmp_path / "in.de").write_text("".join(f"{memorized[i % 30][0]}\n" for i in range(n)), encoding="utf-8")
+    p = mt_process(
+        "translate", "--checkpoint", tiny.path, "-i", "in.de", "--device", "cpu", "--beam", "1",
+        "--chunk-lines", 10, cwd=tmp_path,
+    )  # fmt: skip
+    guard = threading.Timer(SAFETY_S, p.kill)  # a hung process is killed, so the read below returns
+    guard.start()
+    try:
+        p.stdin.close()
+        assert p.stdout.readline() == f"{memorized[0][1]}\n".encode()
+        p.stdout.close()
+        code = p.wait(SAFETY_S)
+        err = p.stderr.read().decode()
+    finally:
+        guard.cancel()
+        p.kill()
+    assert code == 1 and "Traceback" not in err and "error" not in err, err
+    done = [int(x.split()[0]) for x in err.replace("\r", "\n").splitlines() if x.strip().endswith("lines/s]")]
+    assert done and max(done) < n // 2  # the progress bar: it stopped well before the end
+
+
 def test_a_failed_run_leaves_no_output_file(tiny, memorized, tmp_path):
     (tmp_path / "in.de").write_bytes("".join(f"{s}\n" for s, _ in memorized[:4]).encode() + b"bad \xff\n")
     (tmp_path / "old.en").write_text("keep me\n")
