@@ -12,9 +12,8 @@ from mt_cli.config import Config
 from mt_cli.data.batching import batch_plan, iterate
 from mt_cli.data.prepare import load_corpus
 from mt_cli.data.vocab import PAD
-from mt_cli.decode import translate_ids
 from mt_cli.distributed import device_name
-from mt_cli.evaluate import decode_split, load_eval_split
+from mt_cli.evaluate import decode_rows, decode_split, load_eval_split
 from mt_cli.steps import resolve_precision
 from mt_cli.training.components import build_components
 
@@ -85,7 +84,7 @@ def bench_translation(model, cfg: Config, codecs, dev: torch.device, split: str,
     longest = src[(src != PAD).sum(1).argsort(descending=True)[: cfg.decode.batch_size]]
     out = {}
     for k in beams:
-        cold = _timed(dev, translate_ids, model, longest, cfg.decode, dev, beam_size=k, amp_dtype=amp)
+        cold = _timed(dev, decode_rows, model, longest, cfg, dev, k, amp)
         # the longest batch first: the largest buffers of this beam size, which later batches reuse
         secs = _timed(dev, decode_split, model, codecs, cfg, data, dev, k, amp)
         out[f"beam{k}"] = {

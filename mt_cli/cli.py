@@ -137,7 +137,10 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: List[str] = typer.Option(
-        ..., "--checkpoint", help="A .pt checkpoint from mt train; several (same vocabularies): their ensemble."
+        ...,
+        "--checkpoint",
+        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
+        "(same vocabularies): their ensemble.",
     ),
     split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
@@ -155,7 +158,7 @@ def evaluate(
 ):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
     from mt_cli.atomic import check_writable, no_new_folders_on_failure, refuse_overwrite_in
-    from mt_cli.checkpoint import load_models
+    from mt_cli.ct2_engine import is_exported, load_translator
     from mt_cli.evaluate import evaluate_splits, format_table, report_files
 
     _check_beam(beam)
@@ -169,10 +172,10 @@ def evaluate(
             _fail(f"--limit {limit}: must be >= 1", 2)
         for name in splits:
             refuse_overwrite_in(Path(attention) / name, "*.png", {"--checkpoint": checkpoint}, "--attention")
-    if attention and len(checkpoint) > 1:
-        _fail("--attention draws one model's attention; give a single --checkpoint", 2)
+    if attention and (len(checkpoint) > 1 or is_exported(checkpoint[0])):
+        _fail("--attention draws the attention of one PyTorch model; give a single .pt --checkpoint", 2)
     dev = _device(device)
-    model, cfg, codecs = load_models(checkpoint, dev)
+    model, cfg, codecs = load_translator(checkpoint, dev)
     if attention:
         from mt_cli.attention_maps import check_selection
 
@@ -329,7 +332,9 @@ def bench(
         100, "--steps", help="Timed training steps (after warm-up: a step per shape on a GPU, two on the CPU)."
     ),
     checkpoint: Optional[str] = typer.Option(
-        None, "--checkpoint", help="Model for translation speed [an untrained one of the config]."
+        None,
+        "--checkpoint",
+        help="Model for translation speed: a .pt checkpoint or a folder from mt export [an untrained one].",
     ),
     split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
     training: bool = typer.Option(True, "--training/--no-training", help="Also time training steps."),
@@ -346,7 +351,7 @@ def bench(
 
     from mt_cli.atomic import check_writable, write_json
     from mt_cli.bench import bench_training, bench_translation, environment
-    from mt_cli.checkpoint import load_for_inference
+    from mt_cli.ct2_engine import is_exported, load_translator
     from mt_cli.data.prepare import load_corpus
     from mt_cli.data.vocab import PAD
     from mt_cli.evaluate import load_eval_split
@@ -358,7 +363,7 @@ def bench(
     check_writable(path.parent)
     if checkpoint:
         # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
-        model, tcfg, codecs = load_for_inference(checkpoint, torch.device("cpu"))
+        model, tcfg, codecs = load_translator(checkpoint, torch.device("cpu"))
         decode_sets = [s for s in set_ or [] if s.strip().startswith("decode.")]
         if decode_sets:  # --set decode.* applies to the checkpoint's config too
             from mt_cli.config import config_from_dict
@@ -374,12 +379,15 @@ def bench(
             f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
             f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s"
         )
-    if checkpoint:
+    if checkpoint and is_exported(checkpoint):
+        model = load_translator(checkpoint, dev)[0] if dev.type != "cpu" else model  # CTranslate2 on `dev`
+    elif checkpoint:
         model = model.to(dev)
     else:
         codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
         model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev).eval()
     report["translation_model"] = checkpoint or "untrained"
+    report["translation_engine"] = "ctranslate2" if checkpoint and is_exported(checkpoint) else "pytorch"
     report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
     if dev.type == "cuda":
         report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)

@@ -18,6 +18,7 @@ from mt_cli.data.batching import Split, batch_plan, iterate
 from mt_cli.data.multilingual import split_langs
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
+from mt_cli.data.vocab import PAD
 from mt_cli.decode import translate_ids
 from mt_cli.metrics import format_table, score  # noqa: F401 - format_table: the CLI's table of these reports
 from mt_cli.safe_parse import read_json_or_none
@@ -60,10 +61,15 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
     return data, src, refs
 
 
+def decode_rows(model, src: torch.Tensor, cfg: Config, device, beam_size: int, amp_dtype=None) -> list:
+    """n-best [(ids, score)] of padded source rows, on PyTorch or (an exported folder) on CTranslate2."""
+    if hasattr(model, "translate_ids"):  # the CTranslate2 engine: it takes 1-D rows, and batches them itself
+        return model.translate_ids([row[row != PAD] for row in src.cpu()], cfg.decode, beam_size)
+    return translate_ids(model, src, cfg.decode, device, beam_size=beam_size, amp_dtype=amp_dtype)
+
+
 def decode_split(model, codecs, cfg: Config, data: Split, device, beam_size: int, amp_dtype=None) -> list[str]:
-    rows = torch.arange(len(data))
-    src = data.source_rows(rows)
-    results = translate_ids(model, src, cfg.decode, device, beam_size=beam_size, amp_dtype=amp_dtype)
+    results = decode_rows(model, data.source_rows(torch.arange(len(data))), cfg, device, beam_size, amp_dtype)
     return [codecs["tgt"].decode(r[0][0]) for r in results]
 
 

@@ -96,3 +96,42 @@ def test_export_leaves_the_exported_model_unchanged(real_lines, tmp_path, quanti
     assert all(torch.equal(before[k], after[k]) for k in before), [
         k for k in before if not torch.equal(before[k], after[k])
     ]
+
+
+def test_mt_evaluate_and_bench_run_an_exported_folder(real_lines, tmp_path, monkeypatch, capsys):
+    """`mt evaluate` of a float32 export scores exactly what the checkpoint scores greedily (their greedy outputs
+    are token-identical); `mt bench --checkpoint DIR` times CTranslate2 on the whole split."""
+    import json
+
+    from conftest import run_main
+
+    tiny = trained_tiny(real_lines)
+    folder = export_ctranslate2(tiny.model, tiny.cfg, tiny.codecs, tmp_path / "ct2")
+    reports = {}
+    for name, path in (("pt", tiny.path), ("ct2", folder)):
+        code, _, err = run_main(
+            monkeypatch, capsys, "evaluate", "--checkpoint", str(path), "--split", "valid", "--device", "cpu",
+            "--out", str(tmp_path / name),
+        )  # fmt: skip
+        assert code == 0, err
+        (report,) = (tmp_path / name).glob("eval.*.json")
+        reports[name] = json.loads(report.read_text())["valid"]
+    assert reports["ct2"]["bleu"] == reports["pt"]["bleu"] > 90 and reports["ct2"]["checkpoint"] == str(folder)
+    out = tmp_path / "bench.json"
+    code, _, err = run_main(
+        monkeypatch, capsys, "bench", "--no-training", "--checkpoint", str(folder), "--split", "valid",
+        "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    bench = json.loads(out.read_text())
+    assert bench["translation_engine"] == "ctranslate2"
+    for k in (1, 5):
+        timing = bench["translation"][f"beam{k}"]
+        assert timing["sentences"] == len(tiny.src)
+        n, secs = timing["sentences"], timing["seconds"]  # seconds rounded to 1 ms
+        assert n / (secs + 5e-4) - 0.05 <= timing["sentences_per_s"] <= n / max(secs - 5e-4, 1e-9) + 0.05
+    code, _, err = run_main(
+        monkeypatch, capsys, "evaluate", "--checkpoint", str(folder), "--split", "valid", "--device", "cpu",
+        "--attention", str(tmp_path / "maps"), "--out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert code == 2 and "single .pt --checkpoint" in err
