@@ -115,6 +115,7 @@ def evaluate_splits(
         res.update(
             {
                 "beam_size": beam_size,
+                "engine": "ctranslate2" if hasattr(model, "translate_ids") else "pytorch",
                 "seconds": round(secs, 3),
                 "sentences_per_s": round(len(hyps[split]) / max(secs, 1e-9), 1),
             }

@@ -117,6 +117,7 @@ def test_mt_evaluate_and_bench_run_an_exported_folder(real_lines, tmp_path, monk
         (report,) = (tmp_path / name).glob("eval.*.json")
         reports[name] = json.loads(report.read_text())["valid"]
     assert reports["ct2"]["bleu"] == reports["pt"]["bleu"] > 90 and reports["ct2"]["checkpoint"] == str(folder)
+    assert (reports["ct2"]["engine"], reports["pt"]["engine"]) == ("ctranslate2", "pytorch")
     out = tmp_path / "bench.json"
     code, _, err = run_main(
         monkeypatch, capsys, "bench", "--no-training", "--checkpoint", str(folder), "--split", "valid",
