@@ -549,7 +549,7 @@ def serve(
     if not 0 <= max_wait_ms <= 10_000 or not 0 <= port <= 65535:
         _fail(f"--max-wait-ms {max_wait_ms} / --port {port}: must be in [0, 10000] / [0, 65535]", 2)
     engine = load_engine(checkpoint, _device(device))
-    _say(f"serving {checkpoint} ({engine.src_lang}→{engine.tgt_lang}) on http://{host}:{port}")
+    _say(f"serving {' + '.join(checkpoint)} ({engine.src_lang}→{engine.tgt_lang}) on http://{host}:{port}")
     stopped_by = run_server(engine, Limits(max_lines, max_chars, max_batch, max_wait_ms), host, port)
     _say(f"stopped{f' on {stopped_by}' if stopped_by else ''}")
 

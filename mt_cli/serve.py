@@ -32,23 +32,25 @@ class Engine:
     tgt_lang: str
 
 
-def load_engine(path: str, device) -> Engine:
-    """A checkpoint from mt train (decoded by mt_cli's own search) or a folder from mt export (CTranslate2)."""
+def load_engine(path: str | list[str], device) -> Engine:
+    """A checkpoint from mt train (decoded by mt_cli's own search), several (their ensemble), or a folder from
+    mt export (CTranslate2)."""
     from mt_cli.ct2_engine import is_exported, load_translator
     from mt_cli.data.multilingual import for_direction
     from mt_cli.steps import resolve_precision
     from mt_cli.translate import translate_lines
 
-    model, cfg, codecs = load_translator(path, device)
+    paths = [path] if isinstance(path, str) else list(path)
+    model, cfg, codecs = load_translator(paths, device)
     codecs = for_direction(codecs, cfg.data, cfg.data.directions[0])  # a multilingual model serves its main one
-    exported = is_exported(path)
+    exported = is_exported(paths[0])
     amp = resolve_precision("auto", device)  # as mt translate
 
     def translate(lines: list[str], beam: int, nbest: int) -> list[list[str]]:
         return translate_lines(model, cfg, codecs, lines, device, beam, nbest, amp, warn=lambda *_: None)
 
     info = {
-        "model": str(path),
+        "model": " + ".join(paths),
         "engine": "ctranslate2" if exported else "pytorch",
         "device": str(device),
         "src_lang": cfg.data.src_lang,

@@ -454,7 +454,7 @@ def test_a_complete_raw_cache_needs_no_source(run, monkeypatch):
 
     monkeypatch.chdir(run["tmp"])
     monkeypatch.setenv("MT_MULTI30K_DIR", "/nonexistent/multi30k")  # stale, but every file is cached
-    splits, _ = _split_files(run["cfg"].data, None, lambda *_: None)
+    splits, _ = _split_files(run["cfg"].data, None, lambda *_: None, run["tmp"])
     assert len(read_lines(splits["train"][0])) == 29000
 
 
