@@ -144,6 +144,9 @@ def evaluate(
     ),
     split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
+    length_penalty: Optional[float] = typer.Option(
+        None, "--length-penalty", help="GNMT alpha of beam search [the config's decode.length_penalty]."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
@@ -157,23 +160,17 @@ def evaluate(
     attention_heads: str = AttnHeadsOpt,
 ):
     """Decode splits of the prepared corpus and report sacreBLEU (with signature) and chrF."""
-    from mt_cli.atomic import check_writable, no_new_folders_on_failure, refuse_overwrite_in
-    from mt_cli.ct2_engine import is_exported, load_translator
+    from mt_cli.atomic import check_writable, no_new_folders_on_failure
+    from mt_cli.ct2_engine import load_translator
     from mt_cli.evaluate import evaluate_splits, format_table, report_files
 
     _check_beam(beam)
     splits, tag = split or ["test_2016_flickr"], "." + "+".join(Path(c).stem for c in checkpoint)
+    tag += "" if length_penalty is None else f".lp{length_penalty:g}"  # its own report: never merged with others
     out_dir = Path(out) if out else Path("result") / Path(checkpoint[0]).resolve().parent.name / "eval"
     # file names carry the checkpoint's name: evaluating best.pt and last.pt keeps both reports
     _refuse_overwrite({"--out": out_dir}, {"--checkpoint": checkpoint}, {"--out": report_files(splits, tag, beam or 1)})
-    if attention:
-        maps = _attention_setup(attention, attention_layer, attention_heads)
-        if limit < 1:
-            _fail(f"--limit {limit}: must be >= 1", 2)
-        for name in splits:
-            refuse_overwrite_in(Path(attention) / name, "*.png", {"--checkpoint": checkpoint}, "--attention")
-    if attention and (len(checkpoint) > 1 or is_exported(checkpoint[0])):
-        _fail("--attention draws the attention of one PyTorch model; give a single .pt --checkpoint", 2)
+    maps = _eval_maps_setup(attention, attention_layer, attention_heads, limit, splits, checkpoint)
     dev = _device(device)
     model, cfg, codecs = load_translator(checkpoint, dev)
     if attention:
@@ -182,6 +179,8 @@ def evaluate(
         check_selection(model, *maps)
     if data_root:
         cfg.data.root = data_root
+    if length_penalty is not None:
+        cfg = _with_length_penalty(cfg, length_penalty)
     check_writable(out_dir)  # before decoding, not after
     with no_new_folders_on_failure(out_dir, attention):  # a failure leaves no empty eval/ or map folders
         report = evaluate_splits(
@@ -200,12 +199,43 @@ def evaluate(
         typer.echo(format_table(report))
         typer.echo(f"report: {out_dir}")
         if attention:
-            from mt_cli.attention_maps import split_items, write_attention_maps
+            _draw_eval_maps(model, codecs, cfg, list(report), dev, beam or 1, limit, Path(attention), maps)
 
-            for name in report:
-                items = split_items(model, codecs, cfg, name, dev, beam or 1, limit, _amp(dev))
-                paths = write_attention_maps(model, codecs, items, Path(attention) / name, dev, *maps)
-                _say(f"wrote {len(paths)} attention maps to {Path(attention) / name}")
+
+def _with_length_penalty(cfg, alpha: float):
+    """`cfg` with decode.length_penalty = alpha, validated like the config key (one line naming the option)."""
+    from mt_cli.config import ConfigError, config_from_dict
+
+    try:
+        return config_from_dict(cfg.to_dict(), [f"decode.length_penalty={alpha!r}"])
+    except ConfigError as e:
+        _fail(f"--length-penalty {alpha}: {str(e).split(': ', 1)[-1]}", 2)
+
+
+def _eval_maps_setup(attention, layer: str, heads: str, limit: int, splits: list[str], checkpoint: list[str]):
+    """mt evaluate's --attention options checked before any work: (layer, heads), or None without maps."""
+    from mt_cli.atomic import refuse_overwrite_in
+    from mt_cli.ct2_engine import is_exported
+
+    if not attention:
+        return None
+    maps = _attention_setup(attention, layer, heads)
+    if limit < 1:
+        _fail(f"--limit {limit}: must be >= 1", 2)
+    for name in splits:
+        refuse_overwrite_in(Path(attention) / name, "*.png", {"--checkpoint": checkpoint}, "--attention")
+    if len(checkpoint) > 1 or is_exported(checkpoint[0]):
+        _fail("--attention draws the attention of one PyTorch model; give a single .pt --checkpoint", 2)
+    return maps
+
+
+def _draw_eval_maps(model, codecs, cfg, splits: list[str], dev, beam: int, limit: int, folder: Path, maps) -> None:
+    from mt_cli.attention_maps import split_items, write_attention_maps
+
+    for name in splits:
+        items = split_items(model, codecs, cfg, name, dev, beam, limit, _amp(dev))
+        paths = write_attention_maps(model, codecs, items, folder / name, dev, *maps)
+        _say(f"wrote {len(paths)} attention maps to {folder / name}")
 
 
 def _refuse_overwrite(outputs: dict, inputs: dict, names: dict | None = None) -> None:
@@ -264,7 +294,6 @@ def translate(
     tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language [the model's main one]."),
 ):
     """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
-    from mt_cli.atomic import check_writable
     from mt_cli.ct2_engine import load_translator
     from mt_cli.data.multilingual import choose_direction, for_direction
     from mt_cli.decode import Sampler
@@ -277,13 +306,8 @@ def translate(
     sampler = Sampler.parse(sample, seed) if sample else None
     if sampler and (nbest > 1 or (beam or 1) > 1):
         _fail(f"--sample {sample} draws one translation per line: it takes no --beam or --nbest", 2)
-    if attention and len(checkpoint) > 1:
-        _fail("--attention draws one model's attention; give a single --checkpoint", 2)
-    maps = _attention_setup(attention, attention_layer, attention_heads) if attention else None
-    if output != "-":
-        if Path(output).is_dir():
-            _fail(f"--output {output}: is a folder; name a file in it", 2)
-        check_writable(Path(output).resolve().parent)
+    maps = _translate_maps_setup(attention, attention_layer, attention_heads, checkpoint)
+    _check_output_file(output)
     dev = _device(device)
     stream, where = open_input(input)  # a missing input file answers before the model loads
     model, cfg, codecs = load_translator(checkpoint, dev)
@@ -322,6 +346,24 @@ def translate(
         _say(f"wrote {n} lines to {output}")
     if attention:
         _say(f"wrote {len(n_maps)} attention maps to {attention}")
+
+
+def _translate_maps_setup(attention, layer: str, heads: str, checkpoint: list[str]):
+    if not attention:
+        return None
+    if len(checkpoint) > 1:
+        _fail("--attention draws one model's attention; give a single --checkpoint", 2)
+    return _attention_setup(attention, layer, heads)
+
+
+def _check_output_file(output: str) -> None:
+    """A named output must be a file in a writable folder (checked before the model loads)."""
+    from mt_cli.atomic import check_writable
+
+    if output != "-":
+        if Path(output).is_dir():
+            _fail(f"--output {output}: is a folder; name a file in it", 2)
+        check_writable(Path(output).resolve().parent)
 
 
 @app.command()
