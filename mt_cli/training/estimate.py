@@ -47,7 +47,7 @@ class DurationEstimate:
             return None
         hint = ""
         if CPU_RECIPE.is_file() and self.config_name != CPU_RECIPE.stem:
-            hint = f"; `-c {CPU_RECIPE}` trains in about 18 minutes on 2 cores (see the README, No GPU?)"
+            hint = f"; `-c {CPU_RECIPE}` trains in about 17 minutes on 2 cores (see the README, No GPU?)"
         return (
             f"estimate: about {human_duration(remaining)} of training to go at this speed on this CPU "
             f"({per_step:.2f} s per step, {self.steps_to_go - self._seen:,} steps; validation not included)"
