@@ -61,7 +61,10 @@ def prepared(tmp_path_factory, multi30k_dir):
     from mt_cli.data.prepare import load_manifest, prepare_corpus
     from mt_cli.data.tokenize import SideCodec
 
-    root = tmp_path_factory.mktemp("data")
+    # MT_TEST_DATA_ROOT: a fixed root, prepared once and reused by later sessions (the mutation run starts one
+    # pytest session per mutant: benchmarks/mutation/run.sh)
+    fixed = os.environ.get("MT_TEST_DATA_ROOT")
+    root = Path(fixed) if fixed else tmp_path_factory.mktemp("data")
     cfg = load_config(TINY, [f"data.root={root}"])
     log: list[str] = []
     folder = prepare_corpus(cfg.data, source=str(multi30k_dir), log=log.append)
