@@ -310,3 +310,25 @@ def test_an_output_never_ends_at_its_first_token_unless_the_limit_says_so():
     assert all(len(nbest[0][0]) == 1 for nbest in beam_search(model, src, beam_size=3, nbest=3))
     assert greedy_search(model, src, max_len_a=0.0, max_len_b=1) == [[], []]
     assert [nbest[0][0] for nbest in beam_search(model, src, beam_size=3, max_len_a=0.0, max_len_b=1)] == [[], []]
+
+
+def test_a_source_of_exactly_the_learned_positions_decodes_and_one_more_is_refused():
+    """Learned positions 0..15 hold a 16-token source (its <eos> included); 17 tokens have no position."""
+    m = small_model(src_vocab=20, tgt_vocab=20, positional="learned", max_positions=16)
+    fits = torch.cat([torch.randint(4, 20, (1, 15)), torch.tensor([[EOS]])], 1)
+    assert len(greedy_search(m, fits, max_len_a=0.0, max_len_b=3)) == 1
+    with pytest.raises(ValueError, match="longer than the model's 16 learned positions"):
+        greedy_search(m, torch.cat([torch.randint(4, 20, (1, 16)), torch.tensor([[EOS]])], 1), 0.0, 3)
+
+
+def test_autocast_only_for_a_lower_precision():
+    from mt_cli.decode import autocast_for
+
+    cpu = torch.device("cpu")
+    for dtype in (None, torch.float32):
+        with autocast_for(cpu, dtype):
+            assert not torch.is_autocast_enabled("cpu")
+    for dtype in (torch.bfloat16, torch.float16):  # each as asked (CPU autocast alone would pick bfloat16)
+        with autocast_for(cpu, dtype):
+            assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == dtype
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == dtype

@@ -112,7 +112,7 @@ def test_an_ensemble_takes_the_shortest_position_limit():
     sinus = small_model(src_vocab=9, tgt_vocab=7)
     assert Ensemble([learned, sinus]).max_positions == 12
     assert Ensemble([sinus, sinus]).max_positions is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^an ensemble needs at least two models$"):
         Ensemble([sinus])
 
 

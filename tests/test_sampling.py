@@ -126,3 +126,31 @@ def test_the_command_samples_reproducibly(real_lines, tmp_path, monkeypatch, cap
         outs[name] = out
     assert outs["top1"] == outs["greedy"] and outs["a"] == outs["b"]
     assert len(outs["a"].splitlines()) == 8
+
+
+def uniform_logp(rows: int, vocab: int) -> torch.Tensor:
+    """Equal log-probabilities except a slight, known order: token i is the i-th most likely."""
+    return torch.log_softmax(-1e-3 * torch.arange(vocab, dtype=torch.float).expand(rows, vocab), -1)
+
+
+def test_top_k_draws_exactly_the_k_most_likely_even_for_one_sentence():
+    """A batch of one row and k = 4 of 8 nearly equal tokens: 400 draws hit all of tokens 0-3 and nothing else."""
+    sampler = Sampler.parse("topk:4", seed=3)
+    seen = {int(sampler.choose(uniform_logp(1, 8))[0]) for _ in range(400)}
+    assert seen == {0, 1, 2, 3}
+
+
+def test_one_generator_serves_the_whole_run():
+    """Consecutive draws continue one seeded stream: they differ from each other, and repeat with the seed."""
+    draws = [Sampler.parse("topk:8", seed=5) for _ in range(2)]
+    first = [[s.choose(uniform_logp(64, 8)).tolist() for _ in range(2)] for s in draws]
+    assert first[0][0] != first[0][1]  # a generator made again at every call would repeat its first draw
+    assert first[0] == first[1]
+
+
+def test_top_p_excludes_a_token_once_the_tokens_before_it_hold_p():
+    """Probabilities 1/2, 1/4, 1/4 and p = 1/2: the first token alone holds p, so it is the only draw."""
+    logp = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    sampler = Sampler.parse("topp:0.5", seed=1)
+    assert {int(sampler.choose(logp)[0]) for _ in range(200)} == {0}
+    assert Sampler.parse("topp:1").value == 1.0  # p = 1 (the whole distribution) is allowed, as the README says

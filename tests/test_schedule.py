@@ -173,3 +173,27 @@ def test_resumed_cosine_schedule_keeps_its_total():
     resumed.set_total(500)  # what a resumed trainer offers: ignored, the saved plan holds
     resumed.before_step(55)
     assert resumed.lr == pytest.approx(0.5)  # half-way through the 100 decay steps of the saved plan
+
+
+def test_cosine_sets_the_first_steps_rate_at_once_and_waits_for_the_total():
+    """Step 1's warm-up rate is set when the schedule is made (as for inverse sqrt); before set_total (mt bench)
+    the decay has not started, so the rate after warm-up stays at lr."""
+    opt = optimizer(1.0)
+    sched = LRSchedule(opt, TrainConfig(lr=1.0, scheduler="cosine", warmup_steps=4, min_lr=0.0))
+    assert sched.lr == pytest.approx(0.25)
+    for step in (5, 50, 5000):
+        sched.before_step(step)
+        assert sched.lr == 1.0
+
+
+def test_cosine_with_one_step_of_decay_ends_at_min_lr():
+    sched = LRSchedule(optimizer(), TrainConfig(lr=1.0, scheduler="cosine", warmup_steps=10, min_lr=0.1))
+    sched.set_total(11)
+    sched.before_step(11)
+    assert sched.lr == pytest.approx(0.1)
+
+
+def test_a_plateau_schedule_takes_a_state_without_plateau_counters():
+    sched = LRSchedule(optimizer(), TrainConfig(lr=1.0, scheduler="plateau"))
+    sched.load_state_dict({"plateau": None, "lr": 0.25})
+    assert sched.lr == 0.25
