@@ -23,6 +23,12 @@ DEFAULT_CONFIG = "configs/multi30k_de_en.yaml"
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML experiment config.")
 SetOpt = typer.Option(None, "--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable).")
 AttnLayerOpt = typer.Option("last", "--attention-layer", help="Decoder layer of the maps: N (1 = first), last or all.")
+CheckpointsOpt = typer.Option(
+    ...,
+    "--checkpoint",
+    help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
+    "(same vocabularies): their ensemble.",
+)
 AttnHeadsOpt = typer.Option("mean", "--attention-heads", help="Heads: mean (averaged), all (one panel each) or N.")
 
 
@@ -136,12 +142,7 @@ def train(
 
 @app.command()
 def evaluate(
-    checkpoint: List[str] = typer.Option(
-        ...,
-        "--checkpoint",
-        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
-        "(same vocabularies): their ensemble.",
-    ),
+    checkpoint: List[str] = CheckpointsOpt,
     split: Optional[List[str]] = typer.Option(None, "--split", help="Split(s) to score [test_2016_flickr]."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size (1 = greedy) [greedy]."),
     length_penalty: Optional[float] = typer.Option(
@@ -264,12 +265,7 @@ def _attention_setup(folder: str, layer: str, heads: str):
 
 @app.command()
 def translate(
-    checkpoint: List[str] = typer.Option(
-        ...,
-        "--checkpoint",
-        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
-        "(same vocabularies): their ensemble.",
-    ),
+    checkpoint: List[str] = CheckpointsOpt,
     input: str = typer.Option("-", "--input", "-i", help="Text file, one sentence per line; - = stdin."),
     output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
@@ -394,10 +390,7 @@ def bench(
     from mt_cli.atomic import check_writable, write_json
     from mt_cli.bench import bench_training, bench_translation, environment
     from mt_cli.ct2_engine import is_exported, load_translator
-    from mt_cli.data.prepare import load_corpus
-    from mt_cli.data.vocab import PAD
     from mt_cli.evaluate import load_eval_split
-    from mt_cli.model import build_model
 
     dev = _device(device)
     path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
@@ -412,7 +405,7 @@ def bench(
 
             tcfg = config_from_dict(tcfg.to_dict(), decode_sets)
     else:
-        tcfg = cfg
+        tcfg, codecs = cfg, None
     load_eval_split(tcfg, split)  # so does an unknown split
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
     report["training"] = bench_training(cfg, dev, steps, log=_say) if training else None
@@ -421,21 +414,32 @@ def bench(
             f"training: {report['training']['tokens_per_s']:,} src+tgt tok/s, "
             f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s"
         )
-    if checkpoint and is_exported(checkpoint):
-        model = load_translator(checkpoint, dev)[0] if dev.type != "cpu" else model  # CTranslate2 on `dev`
-    elif checkpoint:
-        model = model.to(dev)
-    else:
-        codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
-        model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev).eval()
+    exported = bool(checkpoint) and is_exported(checkpoint)
+    model, codecs = _bench_translator(cfg, checkpoint, exported, model if checkpoint else None, codecs, dev)
     report["translation_model"] = checkpoint or "untrained"
-    report["translation_engine"] = "ctranslate2" if checkpoint and is_exported(checkpoint) else "pytorch"
+    report["translation_engine"] = "ctranslate2" if exported else "pytorch"
     report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
     if dev.type == "cuda":
         report["peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)
     write_json(path, report)
     typer.echo(json.dumps({k: report[k] for k in ("device", "training", "translation")}, indent=1))
     typer.echo(f"saved {path}")
+
+
+def _bench_translator(cfg, checkpoint, exported: bool, loaded, codecs, dev):
+    """(model, codecs) mt bench translates with, on `dev`: the checkpoint loaded on the CPU before the training
+    timing (an exported folder loaded again on `dev`), or an untrained model of the config."""
+    from mt_cli.ct2_engine import load_translator
+    from mt_cli.data.prepare import load_corpus
+    from mt_cli.data.vocab import PAD
+    from mt_cli.model import build_model
+
+    if exported:
+        return (load_translator(checkpoint, dev)[0] if dev.type != "cpu" else loaded), codecs  # CTranslate2
+    if checkpoint:
+        return loaded.to(dev), codecs
+    codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
+    return build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD).to(dev).eval(), codecs
 
 
 @app.command()
@@ -562,12 +566,7 @@ def export(
 
 @app.command()
 def serve(
-    checkpoint: List[str] = typer.Option(
-        ...,
-        "--checkpoint",
-        help="A .pt checkpoint from mt train, or a folder from mt export (CTranslate2); several checkpoints "
-        "(same vocabularies): their ensemble.",
-    ),
+    checkpoint: List[str] = CheckpointsOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),

@@ -82,19 +82,12 @@ def _fit_sentencepiece(data, files: list[Path], workers: int, tmp: Path, log) ->
     models = f"{data.sp_type} models (vocab {data.sp_vocab_size}{joint}"
     log(f"training sentencepiece {models}; on {most:,} sentences{sampled})")
 
-    def job(inputs: list[Path], lang: str) -> tuple:
-        # all of the (sampled) input, in order; the language tags of data.pairs as pieces of their own, with the
-        # word-start mark a sentence's first word gets (a bare "<2de>" would cost an extra "▁" piece)
-        return (
-            inputs,
-            lang,
-            data.lowercase,
-            data.sp_type,
-            data.sp_vocab_size,
-            None,
-            1,
-            tuple("\u2581" + tag for tag in tags(data)),
-        )
+    # the language tags of data.pairs as pieces of their own, with the word-start mark a sentence's first word
+    # gets (a bare "<2de>" would cost an extra "▁" piece)
+    symbols = tuple("\u2581" + tag for tag in tags(data))
+
+    def job(inputs: list[Path], lang: str) -> tuple:  # all of the (sampled) input, in order
+        return inputs, lang, data.lowercase, data.sp_type, data.sp_vocab_size, None, 1, symbols
 
     jobs = (
         [job(paths, data.src_lang)]
