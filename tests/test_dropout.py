@@ -65,6 +65,34 @@ def test_dropout_follows_the_global_seed():
     assert torch.equal(a, b)
 
 
+def test_the_keep_rate_stays_in_whole_65536ths_and_above_zero():
+    assert keep_rate(0.0) == 1.0 and keep_rate(0.5) == 0.5
+    assert keep_rate(1.0) == keep_rate(0.99999999) == 1 / 2**16  # never 0: the scale 1/keep_rate stays finite
+
+
+@pytest.mark.parametrize("p,kept", [(0.0, 2**22), (1.0, 2**22 / 2**16)])
+def test_keep_mask_at_the_extremes(p, kept):
+    """p = 0 keeps every element; p = 1 keeps about n/65536 of them (Poisson, mean 64: none is e^-64 unlikely)."""
+    mask = keep_mask(torch.Size([2**22]), p, torch.Generator().manual_seed(4))
+    count = int(mask.sum())
+    assert count == kept if p == 0.0 else 0 < count < 3 * kept
+
+
+def test_dropout_at_one_drops_almost_everything():
+    out = Dropout(1.0).train()(torch.ones(2**20))
+    assert (out == 0).float().mean().item() > 0.999
+
+
+def test_keep_mask_follows_its_generator_not_the_global_seed():
+    shape = torch.Size([64, 64])
+    torch.manual_seed(0)
+    a = keep_mask(shape, 0.5, torch.Generator().manual_seed(7))
+    torch.manual_seed(1)
+    b = keep_mask(shape, 0.5, torch.Generator().manual_seed(7))
+    c = keep_mask(shape, 0.5, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_the_cpu_loss_scores_real_positions_only_and_equals_the_padded_loss():
     # reference: cross-entropy over the full (batch, len, vocab) logits with padding ignored
     torch.manual_seed(0)

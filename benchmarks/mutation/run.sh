@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Mutation testing of the scope set in pyproject.toml ([tool.mutmut]) with mutmut 3; a benchmark, not CI.
-# Writes benchmarks/mutation/results.txt (every mutant and its status) and summary.txt.
-# mutmut runs the tests from a copy of the tree in mutants/: Multi30k is found through a ./shared link
-# (as ../shared from the tests' copy), and the test corpus is prepared once into a fixed root.
+# Mutation testing with mutmut 3 over one scope (benchmarks/mutation/scopes/SCOPE.toml); a benchmark, not CI.
+#   bash benchmarks/mutation/run.sh model     -> benchmarks/mutation/model/{results,summary}.txt
+# mutmut runs in a copy of the tree (/tmp/mt-mutation-SCOPE) whose pyproject.toml gets the scope's
+# [tool.mutmut] table, so the working tree stays free. The tests find Multi30k as ../shared from the repo and
+# from mutmut's mutants/ copy; the test corpus is prepared once into a fixed root (MT_TEST_DATA_ROOT).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-[ -e shared ] || ln -s ../shared shared
+scope="${1:?usage: run.sh SCOPE (one of: $(ls "$(dirname "$0")/scopes" | sed 's/.toml//' | tr '\n' ' '))}"
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+shared="$(cd "$repo/../shared" && pwd)"
+work="/tmp/mt-mutation-$scope"
+out="$repo/benchmarks/mutation/$scope"
+rm -rf "$work" && mkdir -p "$work" "$out"
+(cd "$repo" && git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$work")
+cat "$repo/benchmarks/mutation/scopes/$scope.toml" >> "$work/pyproject.toml"
+ln -sfn "$shared" "$work/shared"            # ../shared from mutants/tests
+ln -sfn "$shared" "$(dirname "$work")/shared" 2>/dev/null || true  # ../shared from tests/ (/tmp/shared)
 export MT_TEST_DATA_ROOT="${MT_TEST_DATA_ROOT:-/tmp/mt_mutation_data}"
-rm -rf mutants
+cd "$work"
 start=$(date +%s)
 mutmut run --max-children "${JOBS:-2}" || true
-mutmut results --all true > benchmarks/mutation/results.txt 2>&1 || mutmut results > benchmarks/mutation/results.txt
-python benchmarks/mutation/summarize.py benchmarks/mutation/results.txt "$(( $(date +%s) - start ))" \
-  > benchmarks/mutation/summary.txt
-cat benchmarks/mutation/summary.txt
+mutmut results --all true > "$out/results.txt" 2>&1 || mutmut results > "$out/results.txt"
+python "$repo/benchmarks/mutation/summarize.py" "$out/results.txt" "$(( $(date +%s) - start ))" > "$out/summary.txt"
+cat "$out/summary.txt"

@@ -1,5 +1,6 @@
 """Mutation score from `mutmut results --all true`: counts per status, and killed / (mutants − those judged
-equivalent in equivalent.txt, one mutant name per line with the reason after a '#')."""
+equivalent in equivalent.txt). gpu_only.txt lists survivors that differ only on an accelerator: they count
+as not killed, and the score without them is given beside. Both files: one mutant per line, reason after '#'."""
 
 from __future__ import annotations
 
@@ -10,25 +11,29 @@ from pathlib import Path
 KILLED = {"killed", "timeout", "segfault"}  # a mutant a test (or its hang) exposed
 
 
+def listed(name: str) -> set[str]:
+    path = Path(__file__).with_name(name)
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {line.split("#")[0].strip() for line in lines} - {""}
+
+
 def main(results: str, seconds: str) -> None:
     status = {}
     for line in Path(results).read_text().splitlines():
         name, sep, state = line.strip().rpartition(": ")
         if sep and name.startswith("mt_cli"):
             status[name] = state.strip()
-    eq_file = Path(__file__).with_name("equivalent.txt")
-    equivalent = {
-        line.split("#")[0].strip() for line in (eq_file.read_text().splitlines() if eq_file.exists() else [])
-    } - {""}
-    counts = Counter(status.values())
+    equivalent, gpu_only = listed("equivalent.txt") & set(status), listed("gpu_only.txt") & set(status)
     judged = {m for m in status if m not in equivalent}
     killed = sum(status[m] in KILLED for m in judged)
-    print(f"mutants: {len(status)} in {seconds} s; by status: {dict(sorted(counts.items()))}")
-    print(f"judged equivalent (equivalent.txt): {len(equivalent & set(status))}")
+    print(f"mutants: {len(status)} in {seconds} s; by status: {dict(sorted(Counter(status.values()).items()))}")
+    print(f"judged equivalent (equivalent.txt): {len(equivalent)}; GPU-only (gpu_only.txt): {len(gpu_only)}")
     print(f"score: {killed} killed of {len(judged)} non-equivalent = {100 * killed / max(1, len(judged)):.1f}%")
+    here = len(judged - gpu_only)
+    print(f"without the GPU-only: {killed} of {here} = {100 * killed / max(1, here):.1f}%")
     for m in sorted(judged):
         if status[m] not in KILLED:
-            print(f"not killed: {m}: {status[m]}")
+            print(f"not killed: {m}: {status[m]}" + ("  (GPU-only)" if m in gpu_only else ""))
 
 
 if __name__ == "__main__":
