@@ -15,7 +15,11 @@ rm -rf "$work" && mkdir -p "$work" "$out"
 cat "$repo/benchmarks/mutation/scopes/$scope.toml" >> "$work/pyproject.toml"
 ln -sfn "$shared" "$work/shared"            # ../shared from mutants/tests
 ln -sfn "$shared" "$(dirname "$work")/shared" 2>/dev/null || true  # ../shared from tests/ (/tmp/shared)
-export MT_TEST_DATA_ROOT="${MT_TEST_DATA_ROOT:-/tmp/mt_mutation_data}"
+if grep -q "fresh-corpus" "$repo/benchmarks/mutation/scopes/$scope.toml"; then
+  unset MT_TEST_DATA_ROOT
+else
+  export MT_TEST_DATA_ROOT="${MT_TEST_DATA_ROOT:-/tmp/mt_mutation_data}"
+fi
 cd "$work"
 start=$(date +%s)
 mutmut run --max-children "${JOBS:-2}" || true
