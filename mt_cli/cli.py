@@ -30,6 +30,18 @@ CheckpointsOpt = typer.Option(
     "(same vocabularies): their ensemble.",
 )
 AttnHeadsOpt = typer.Option("mean", "--attention-heads", help="Heads: mean (averaged), all (one panel each) or N.")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+MapsDirOpt = typer.Option(
+    None,
+    "--attention",
+    help="Also draw a cross-attention map per line (of the best translation) into this folder: NNNN.png.",
+)
+ChunkLinesOpt = typer.Option(
+    10_000, "--chunk-lines", help="Lines read, translated and written at a time (memory grows with it)."
+)
+SampleOpt = typer.Option(
+    None, "--sample", help="Sample instead of searching: topk:K or topp:P (e.g. back-translation)."
+)
 
 
 def _say(msg: str) -> None:
@@ -95,7 +107,7 @@ def prepare(
 def train(
     config: str = ConfigOpt,
     set_: Optional[List[str]] = SetOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -148,7 +160,7 @@ def evaluate(
     length_penalty: Optional[float] = typer.Option(
         None, "--length-penalty", help="GNMT alpha of beam search [the config's decode.length_penalty]."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     out: Optional[str] = typer.Option(None, "--out", help="Report folder [result/<run>/eval]."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Where prepared corpora live."),
     attention: Optional[str] = typer.Option(
@@ -270,21 +282,13 @@ def translate(
     output: str = typer.Option("-", "--output", "-o", help="Output file; - = stdout."),
     beam: Optional[int] = typer.Option(None, "--beam", help="Beam size [config's decode.beam_size]."),
     nbest: int = typer.Option(1, "--nbest", help="Print the n best translations per line (tab-separated)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    attention: Optional[str] = typer.Option(
-        None,
-        "--attention",
-        help="Also draw a cross-attention map per line (of the best translation) into this folder: NNNN.png.",
-    ),
+    device: str = DeviceOpt,
+    attention: Optional[str] = MapsDirOpt,
     attention_layer: str = AttnLayerOpt,
     attention_heads: str = AttnHeadsOpt,
-    chunk_lines: int = typer.Option(
-        10_000, "--chunk-lines", help="Lines read, translated and written at a time (memory grows with it)."
-    ),
+    chunk_lines: int = ChunkLinesOpt,
     max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest input line accepted."),
-    sample: Optional[str] = typer.Option(
-        None, "--sample", help="Sample instead of searching: topk:K or topp:P (e.g. back-translation)."
-    ),
+    sample: Optional[str] = SampleOpt,
     seed: int = typer.Option(0, "--seed", help="Random seed of --sample."),
     src_lang: Optional[str] = typer.Option(None, "--src-lang", help="Source language [the model's main one]."),
     tgt_lang: Optional[str] = typer.Option(None, "--tgt-lang", help="Target language [the model's main one]."),
@@ -292,16 +296,10 @@ def translate(
     """Translate a file or stdin, keeping line count and order; output is written chunk by chunk."""
     from mt_cli.ct2_engine import load_translator
     from mt_cli.data.multilingual import choose_direction, for_direction
-    from mt_cli.decode import Sampler
     from mt_cli.translate import open_input, output_writer, read_chunks, sigterm_raises, translate_stream
 
-    _check_beam(beam, nbest)
     _refuse_overwrite({"--output": output, "--attention": attention}, {"--input": input, "--checkpoint": checkpoint})
-    if chunk_lines < 1 or max_line_bytes < 1:
-        _fail(f"--chunk-lines {chunk_lines} / --max-line-bytes {max_line_bytes}: must be >= 1", 2)
-    sampler = Sampler.parse(sample, seed) if sample else None
-    if sampler and (nbest > 1 or (beam or 1) > 1):
-        _fail(f"--sample {sample} draws one translation per line: it takes no --beam or --nbest", 2)
+    sampler = _translate_search(beam, nbest, sample, seed, chunk_lines, max_line_bytes)
     maps = _translate_maps_setup(attention, attention_layer, attention_heads, checkpoint)
     _check_output_file(output)
     dev = _device(device)
@@ -314,14 +312,8 @@ def translate(
         check_selection(model, *maps)
     if not sampler and nbest > (beam or cfg.decode.beam_size):
         _fail(f"--nbest {nbest} needs a beam of at least {nbest} (--beam)", 2)
-    n_maps = []
-
-    def draw(items):  # one chunk's attention maps, written as the chunk is done
-        from mt_cli.attention_maps import write_attention_maps
-
-        named = [(f"{i:0{max(4, len(str(i)))}d}", s, h) for i, s, h in items]
-        n_maps.extend(write_attention_maps(model, codecs, named, attention, dev, *maps))
-
+    n_maps: list = []
+    draw = _chunk_maps_writer(model, codecs, attention, dev, maps, n_maps) if attention else None
     with sigterm_raises(), stream, output_writer(output) as write:
         n = translate_stream(
             model,
@@ -335,13 +327,37 @@ def translate(
             _amp(dev),
             show_progress=input != "-",
             warn=_say,
-            on_chunk=draw if attention else None,
+            on_chunk=draw,
             sampler=sampler,
         )
     if output != "-":
         _say(f"wrote {n} lines to {output}")
     if attention:
         _say(f"wrote {len(n_maps)} attention maps to {attention}")
+
+
+def _translate_search(beam, nbest: int, sample, seed: int, chunk_lines: int, max_line_bytes: int):
+    """mt translate's search and reading options checked together; the Sampler of --sample, or None."""
+    from mt_cli.decode import Sampler
+
+    _check_beam(beam, nbest)
+    if chunk_lines < 1 or max_line_bytes < 1:
+        _fail(f"--chunk-lines {chunk_lines} / --max-line-bytes {max_line_bytes}: must be >= 1", 2)
+    sampler = Sampler.parse(sample, seed) if sample else None
+    if sampler and (nbest > 1 or (beam or 1) > 1):
+        _fail(f"--sample {sample} draws one translation per line: it takes no --beam or --nbest", 2)
+    return sampler
+
+
+def _chunk_maps_writer(model, codecs, folder: str, dev, maps, written: list):
+    """A callback drawing one chunk's attention maps as the chunk is done; their names go to `written`."""
+    from mt_cli.attention_maps import write_attention_maps
+
+    def draw(items):
+        named = [(f"{i:0{max(4, len(str(i)))}d}", s, h) for i, s, h in items]
+        written.extend(write_attention_maps(model, codecs, named, folder, dev, *maps))
+
+    return draw
 
 
 def _translate_maps_setup(attention, layer: str, heads: str, checkpoint: list[str]):
@@ -376,7 +392,7 @@ def bench(
     ),
     split: str = typer.Option("test_2016_flickr", "--split", help="Split to translate."),
     training: bool = typer.Option(True, "--training/--no-training", help="Also time training steps."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     out: Optional[str] = typer.Option(None, "--out", help="JSON report [result/bench/<config name>.json]."),
 ):
     """Measure training throughput, translation speed (greedy, beam 5) and peak memory."""
@@ -502,7 +518,7 @@ def score(
     length_penalty: Optional[float] = typer.Option(
         None, "--length-penalty", help="GNMT alpha of the normalised score [config's]."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     chunk_lines: int = typer.Option(10_000, "--chunk-lines", help="Pairs read, scored and written at a time."),
     max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", help="Longest line accepted."),
 ):
@@ -569,7 +585,7 @@ def serve(
     checkpoint: List[str] = CheckpointsOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = DeviceOpt,
     max_lines: int = typer.Option(64, "--max-lines", help="Most lines one request may send."),
     max_chars: int = typer.Option(2000, "--max-chars", help="Longest line accepted, in characters."),
     max_batch: int = typer.Option(64, "--max-batch", help="Most lines of concurrent requests decoded together."),
