@@ -102,10 +102,13 @@ def main() -> None:
     ap.add_argument("--chunk-lines", type=int, default=10_000)
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "cpu" / "translate_stream_memory.json"))
+    ap.add_argument("--note", default="", help="Stored in the report, e.g. that the machine was shared.")
     args = ap.parse_args()
     with gzip.open(MULTI30K / "test_2016_flickr.de.gz", "rt", encoding="utf-8") as f:
         base = f.read().splitlines()
     report = {"device": f"{cpu_name()}, {os.cpu_count()} cores (CPU)", "checkpoint": args.checkpoint, "runs": []}
+    if args.note:
+        report["note"] = args.note
     with tempfile.TemporaryDirectory() as d:
         # ru_maxrss of children is the peak over all of them: run the sizes smallest first
         for n in sorted(args.lines):

@@ -77,8 +77,33 @@ def test_fr_en_prepare_and_train(multi30k_dir, tmp_path):
     summary = train(
         cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"), **QUIET
     )
-    assert set(summary["test"]) >= {"valid", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"}
+    sizes = {"valid": 1014, "test_2016_flickr": 1000, "test_2017_flickr": 1000, "test_2017_mscoco": 461}
+    assert set(summary["test"]) - {"checkpoint"} == set(sizes)
+    raw = {split: "val" if split == "valid" else split for split in sizes}
+    refs = {
+        split: gzip.open(multi30k_dir / f"{raw[split]}.en.gz", "rt", encoding="utf-8").read().splitlines()
+        for split in sizes
+    }
+    assert_scores_are_sacrebleus(summary, refs, sizes)
     assert Path(summary["result"], "curves.png").is_file()
+
+
+def assert_scores_are_sacrebleus(summary: dict, raw_refs: dict, sizes: dict) -> None:
+    """Each split's reported scores are sacreBLEU's on the written translations against the raw reference lines
+    (whitespace-collapsed): cased BLEU and chrF as the headline, lowercased BLEU beside them."""
+    import sacrebleu
+
+    for split, refs in raw_refs.items():
+        hyps = (Path(summary["result"]) / f"{split}.beam1.hyp").read_text(encoding="utf-8").splitlines()
+        assert len(hyps) == len(refs) == summary["test"][split]["sentences"] == sizes[split]
+        refs = [" ".join(r.split()) for r in refs]
+        want = sacrebleu.corpus_bleu(hyps, [refs])
+        assert summary["test"][split]["bleu"] == pytest.approx(round(want.score, 2), abs=0.011), split
+        want_lc = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True)
+        assert summary["test"][split]["bleu_lc"] == pytest.approx(round(want_lc.score, 2), abs=0.011), split
+        # after a few steps BLEU may be 0 for any output; chrF (character n-grams) is not
+        chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
+        assert chrf > 0 and summary["test"][split]["chrf"] == pytest.approx(round(chrf, 2), abs=0.011), split
 
 
 # --- a corpus of your own files --------------------------------------------------------------------
@@ -130,27 +155,13 @@ def test_files_corpus_prepares_and_trains(user_files):
     assert is_prepared(cfg.data)
     summary = train(cfg, device="cpu", saved_root=str(base / "saved"), result_root=str(base / "result"), **QUIET)
     assert {"test_news", "test_dev"} <= set(summary["test"])  # every test file is scored at the end
-    # the scores are sacreBLEU's on the written translations against the raw reference lines (whitespace-collapsed):
-    # cased BLEU and chrF as the headline, lowercased BLEU beside them
-    import sacrebleu
-
     raw_refs = {
         "test_news": [
             line.split("\t")[1] for line in gzip.open(base / "news.tsv.gz", "rt", encoding="utf-8").read().splitlines()
         ],
         "test_dev": (base / "dev.en").read_text(encoding="utf-8").splitlines(),
     }
-    for split, refs in raw_refs.items():
-        hyps = (Path(summary["result"]) / f"{split}.beam1.hyp").read_text(encoding="utf-8").splitlines()
-        assert len(hyps) == len(refs) == summary["test"][split]["sentences"] == {"test_news": 25, "test_dev": 30}[split]
-        refs = [" ".join(r.split()) for r in refs]
-        want = sacrebleu.corpus_bleu(hyps, [refs])
-        assert summary["test"][split]["bleu"] == pytest.approx(round(want.score, 2), abs=0.011), split
-        want_lc = sacrebleu.corpus_bleu(hyps, [refs], lowercase=True)
-        assert summary["test"][split]["bleu_lc"] == pytest.approx(round(want_lc.score, 2), abs=0.011), split
-        # after 2 steps BLEU may be 0 for any output; chrF (character n-grams) is not
-        chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
-        assert chrf > 0 and summary["test"][split]["chrf"] == pytest.approx(round(chrf, 2), abs=0.011), split
+    assert_scores_are_sacrebleus(summary, raw_refs, {"test_news": 25, "test_dev": 30})
     # an edited input file makes the prepared corpus stale
     with open(base / "dev.en", "a", encoding="utf-8") as f:
         f.write("")
