@@ -108,6 +108,7 @@ def test_vocab_specials_have_fixed_ids():
     assert (UNK, PAD, BOS, EOS) == (0, 1, 2, 3)
     v = Vocab.build([["b", "a", "b"]])
     assert v.itos[:4] == list(SPECIALS) == ["<unk>", "<pad>", "<bos>", "<eos>"]
+    assert v.itos[4:] == ["b", "a"]  # by default a token seen once is kept
     assert [v.stoi[s] for s in SPECIALS] == [0, 1, 2, 3]
 
 

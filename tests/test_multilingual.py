@@ -119,6 +119,9 @@ def test_a_tag_leads_the_source_only_where_several_targets_occur(corpus):
     tagged = TaggedSource(codecs["src"], "<2fr>")
     plain = codecs["src"].encode(["A dog runs."])[0]
     assert tagged.encode(["A dog runs."])[0] == [codecs["src"].vocab.itos.index("▁<2fr>")] + plain
+    assert tagged.vocab is codecs["src"].vocab and tagged.decode(plain) == codecs["src"].decode(
+        plain
+    )  # the rest: the codec's
     one_target = load_config(TINY, ["data.pairs=[de-en,fr-en,cs-en]", *SP]).data
     assert one_target.target_tag("en") is None  # one target language: no tag needed
     assert load_config(TINY, ["data.pairs=[de-en,en-de]", *SP]).data.target_tag("de") == "<2de>"

@@ -179,6 +179,77 @@ def test_digest_set_reports_exactly_the_first_occurrences():
     assert len(ds) == len(seen)
 
 
+def test_digest_set_levels_halve_so_lookups_stay_logarithmic():
+    """Each sorted level is more than twice the next: at most log2(n) + 1 levels for n digests."""
+    ds = DigestSet()
+    values = np.random.default_rng(1).permutation(10_000).astype(np.uint64)
+    for chunk in np.array_split(values, 1000):
+        ds.add_new(chunk)
+        sizes = [len(level) for level in ds.levels]
+        assert all(a > 2 * b for a, b in zip(sizes, sizes[1:])), sizes
+        assert len(sizes) <= np.log2(len(ds)) + 1
+    assert all(bool(np.all(np.diff(level.astype(np.int64)) > 0)) for level in ds.levels)
+
+
+def test_pair_digests_are_8_bytes_and_tell_pairs_apart():
+    from mt_cli.data.clean import pair_digests
+
+    src, tgt = ["a", "a", "a b", "a", ""], ["b", "b", "", "b c", "a b"]
+    digests = pair_digests(src, tgt)
+    assert digests.dtype == np.uint64 and digests.shape == (5,)
+    assert digests[0] == digests[1] and len(set(digests.tolist())) == 4  # a tab keeps "a b"|"" from "a"|"b c"
+
+
+def nominal_chunks(sizes):
+    first = np.cumsum([1, *sizes[:-1]])
+    return [stream.Chunk("train", int(f), n, b"", None, ("x",)) for f, n in zip(first, sizes)]
+
+
+@pytest.mark.parametrize("sizes,k", [([37] * 27 + [1], 100), ([300, 300, 400], 100), ([5, 5, 5], 100), ([8], 8)])
+def test_sentencepiece_sample_takes_k_distinct_lines_in_order(sizes, k):
+    total = sum(sizes)
+    chunks = list(stream.sample_chunks(iter(nominal_chunks(sizes)), total, k, seed=3))
+    assert [c.n for c in chunks] == sizes
+    for c in chunks:
+        assert c.pick == sorted(set(c.pick)) and all(0 <= i < c.n for i in c.pick)
+    assert sum(len(c.pick) for c in chunks) == min(k, total)
+
+
+def test_sentencepiece_sample_is_uniform_over_the_chunks():
+    """Chunk shares follow the hypergeometric law of a uniform sample: means k·m/N (sd of a 400-seed mean ~0.2)."""
+    sizes, k, seeds = [300, 300, 400], 100, 400
+    counts = np.array(
+        [[len(c.pick) for c in stream.sample_chunks(iter(nominal_chunks(sizes)), 1000, k, s)] for s in range(seeds)]
+    )
+    assert np.allclose(counts.mean(0), [30, 30, 40], atol=1.5)
+    lines = np.zeros(300)
+    for s in range(seeds):  # inside a chunk every line is as likely: 0.1 each
+        lines[next(stream.sample_chunks(iter(nominal_chunks(sizes)), 1000, k, s)).pick] += 1
+    assert abs(lines[:150].mean() - lines[150:].mean()) < 5 * np.sqrt(0.1 * 0.9 * seeds / 150)
+
+
+def test_a_line_too_long_to_be_a_sentence_is_named_by_file_and_line(tmp_path):
+    from mt_cli.limits import MAX_LINE_BYTES
+
+    path = tmp_path / "x.tsv"
+    for huge in (b"a" * (MAX_LINE_BYTES + 1), b"a" * (3 * MAX_LINE_BYTES)):  # within one read block, and across
+        path.write_bytes(b"ein\tone\nzwei\ttwo\n" + huge + b"\ndrei\tthree\n")
+        with pytest.raises(DataError) as err:
+            list(stream.read_chunks("train", [path], chunk_lines=10))
+        assert str(err.value) == (
+            f"{path}:3: a line longer than {MAX_LINE_BYTES:,} bytes; is it a text file with one sentence per line?"
+        )
+
+
+def test_unequal_parallel_files_are_counted_to_the_end(tmp_path):
+    a, b = tmp_path / "x.de", tmp_path / "x.en"
+    a.write_text("ein\n" * 1000, encoding="utf-8")
+    b.write_text("one\n" * 200_000, encoding="utf-8")  # several of count_rest's blocks past the first chunk
+    with pytest.raises(DataError) as err:
+        list(stream.read_chunks("train", [a, b], chunk_lines=1000))
+    assert str(err.value) == f"{a} has 1000 lines but {b} has 200000; parallel files must match"
+
+
 # --- sentencepiece ------------------------------------------------------------------------------------------------
 
 

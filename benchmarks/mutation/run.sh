@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing with mutmut 3 over one scope (benchmarks/mutation/scopes/SCOPE.toml); a benchmark, not CI.
-#   bash benchmarks/mutation/run.sh model     -> benchmarks/mutation/model/{results,summary}.txt
+#   bash benchmarks/mutation/run.sh model     -> benchmarks/mutation/model/{results,summary,recheck}.txt
+#   PATTERNS="mt_cli.data.stream.* mt_cli.data.clean.*" bash benchmarks/mutation/run.sh data   (part of a scope)
 # mutmut runs in a copy of the tree (/tmp/mt-mutation-SCOPE) whose pyproject.toml gets the scope's
 # [tool.mutmut] table, so the working tree stays free. The tests find Multi30k as ../shared from the repo and
 # from mutmut's mutants/ copy; the test corpus is prepared once into a fixed root (MT_TEST_DATA_ROOT).
@@ -22,7 +23,9 @@ else
 fi
 cd "$work"
 start=$(date +%s)
-mutmut run --max-children "${JOBS:-2}" || true
+mutmut run --max-children "${JOBS:-2}" ${PATTERNS:-} || true
 mutmut results --all true > "$out/results.txt" 2>&1 || mutmut results > "$out/results.txt"
+rm -f "$out/recheck.txt"
+python "$repo/benchmarks/mutation/recheck.py" "$scope"  # survivors against the whole selection
 python "$repo/benchmarks/mutation/summarize.py" "$out/results.txt" "$(( $(date +%s) - start ))" > "$out/summary.txt"
 cat "$out/summary.txt"

@@ -23,10 +23,24 @@ def main(results: str, seconds: str) -> None:
         name, sep, state = line.strip().rpartition(": ")
         if sep and name.startswith("mt_cli"):
             status[name] = state.strip()
+    recheck = Path(results).with_name("recheck.txt")  # survivors killed by the whole test selection (recheck.py)
+    rechecked = 0
+    for line in recheck.read_text().splitlines() if recheck.exists() else []:
+        name, _, verdict = line.partition(": ")
+        if verdict.split()[0] in KILLED and status.get(name) not in KILLED:
+            status[name], rechecked = "killed", rechecked + 1
     equivalent, gpu_only = listed("equivalent.txt") & set(status), listed("gpu_only.txt") & set(status)
-    judged = {m for m in status if m not in equivalent}
+    unchecked = {m for m, state in status.items() if state == "not checked"}  # outside a partial run's patterns
+    judged = {m for m in status if m not in equivalent and m not in unchecked}
     killed = sum(status[m] in KILLED for m in judged)
     print(f"mutants: {len(status)} in {seconds} s; by status: {dict(sorted(Counter(status.values()).items()))}")
+    if unchecked:
+        print(
+            f"not run (outside this run's PATTERNS): {len(unchecked)}; the score is over the other "
+            f"{len(status) - len(unchecked)}"
+        )
+    if rechecked:
+        print(f"killed on the recheck against the whole test selection (recheck.txt): {rechecked}")
     print(f"judged equivalent (equivalent.txt): {len(equivalent)}; GPU-only (gpu_only.txt): {len(gpu_only)}")
     print(f"score: {killed} killed of {len(judged)} non-equivalent = {100 * killed / max(1, len(judged)):.1f}%")
     here = len(judged - gpu_only)

@@ -1,0 +1,63 @@
+"""Second look at the survivors of a mutmut run: each is run against the scope's whole test selection.
+
+mutmut runs, for a mutant, only the tests that called the mutated function. Work done in a module- or
+session-scoped fixture is credited to the first test that needed it, so a mutant of (say) corpus preparation
+is tried on that one test alone, though every later test using the fixture reads its output. This runs each
+survivor (and each mutant no test reached) with MUTANT_UNDER_TEST set, as mutmut's own trampoline reads it,
+against every test of the selection, stopping at the first failure. Writes SCOPE/recheck.txt.
+
+    python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import tomllib
+
+HERE = Path(__file__).resolve().parent
+NOT_KILLED = ("survived", "no tests")
+
+
+def survivors(results: Path) -> list[str]:
+    out = []
+    for line in results.read_text().splitlines():
+        name, sep, state = line.strip().rpartition(": ")
+        if sep and name.startswith("mt_cli") and state.strip() in NOT_KILLED:
+            out.append(name)
+    return out
+
+
+def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[str, str, float]:
+    start = time.perf_counter()
+    env = {**os.environ, "MUTANT_UNDER_TEST": name}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+    try:
+        code = subprocess.run(cmd, cwd=work / "mutants", env=env, capture_output=True, timeout=timeout).returncode
+        verdict = "survived" if code == 0 else "killed"
+    except subprocess.TimeoutExpired:
+        verdict = "timeout"
+    return name, verdict, time.perf_counter() - start
+
+
+def main(scope: str) -> None:
+    selection = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"][
+        "pytest_add_cli_args_test_selection"
+    ]
+    names = survivors(HERE / scope / "results.txt")
+    work = Path(f"/tmp/mt-mutation-{scope}")
+    jobs, timeout = int(os.environ.get("JOBS", "2")), int(os.environ.get("RECHECK_TIMEOUT", "900"))
+    lines = []
+    with ThreadPoolExecutor(jobs) as pool:
+        for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selection, timeout), names):
+            lines.append(f"{name}: {verdict}  ({seconds:.0f} s)")
+            print(lines[-1], flush=True)
+    (HERE / scope / "recheck.txt").write_text("\n".join(sorted(lines)) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
