@@ -439,7 +439,7 @@ def test_option_values_out_of_range_exit_2(tmp_path, run, cli):
 
 
 def test_ctrl_c_says_interrupted_and_exits_130(tmp_path, cli, monkeypatch):
-    import mt_cli.cli as C
+    import mt_cli.cli.cmd_train as C
 
     def interrupted(*_):
         raise KeyboardInterrupt
