@@ -396,6 +396,24 @@ def test_streamed_batches_are_the_resident_batches(both_paths, name, shuffle, fi
     assert torch.equal(streamed.source_rows(rows), resident.source_rows(rows))
 
 
+def test_a_plan_slices_adds_and_repeats_like_a_list_of_batches(both_paths):
+    resident, _ = both_paths["train"]
+    plan = batch_plan(resident, 48, None, shuffle=True, seed=3, epoch=1)
+    other = batch_plan(resident, 48, None, shuffle=True, seed=4, epoch=1)
+
+    def as_list(p):
+        return [(idx.tolist(), length) for idx, length in p]
+
+    batches = as_list(plan)
+    assert as_list(plan[2:9:3]) == batches[2:9:3] and as_list(plan.select([4, 0, 4])) == [batches[i] for i in (4, 0, 4)]
+    joined = plan[:3] + plan[5:]  # two parts of one plan: a plan over the same rows
+    assert as_list(joined) == batches[:3] + batches[5:] and isinstance(joined, type(plan))
+    assert as_list(plan + other) == batches + as_list(other)  # plans over other rows: a list
+    assert as_list(plan * 3) == batches * 3 and len(plan * 0) == 0
+    assert as_list(plan + batches[:2]) == batches + batches[:2]  # with a plain list: a list
+    assert plan.indices().tolist() == [i for idx, _ in batches for i in idx]
+
+
 @pytest.mark.parametrize("name", ["train", "valid"])
 def test_trimmed_batches_are_the_full_ones_without_filler_rows_and_padding_columns(both_paths, name):
     from mt_cli.data.vocab import PAD
