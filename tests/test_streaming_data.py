@@ -410,7 +410,7 @@ def test_a_plan_slices_adds_and_repeats_like_a_list_of_batches(both_paths):
     assert as_list(joined) == batches[:3] + batches[5:] and isinstance(joined, type(plan))
     assert as_list(plan + other) == batches + as_list(other)  # plans over other rows: a list
     assert as_list(plan * 3) == batches * 3 and len(plan * 0) == 0
-    assert as_list(plan + batches[:2]) == batches + batches[:2]  # with a plain list: a list
+    assert as_list(plan + list(plan[:2])) == batches + batches[:2]  # with a plain list: a list
     assert plan.indices().tolist() == [i for idx, _ in batches for i in idx]
 
 
