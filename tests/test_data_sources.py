@@ -116,3 +116,17 @@ def test_splits_are_those_both_languages_have():
     every = ["train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco"]
     assert multi30k_splits("de", "en") == multi30k_splits("en", "fr") == every
     assert multi30k_splits("cs", "en") == multi30k_splits("en", "cs") == every[:3]  # Czech has no 2017 tests
+
+
+def test_a_user_split_is_a_tsv_or_a_pair_of_files(tmp_path):
+    from mt_cli.data.sources import read_split_files
+
+    (tmp_path / "a.tsv").write_text("ein Hund\ta dog\nzwei\ttwo\n", encoding="utf-8")
+    assert read_split_files(str(tmp_path / "a.tsv"), "de", "en") == (["ein Hund", "zwei"], ["a dog", "two"])
+    (tmp_path / "b.de").write_text("eins\nzwei\n", encoding="utf-8")
+    (tmp_path / "b.en").write_text("one\ntwo\n", encoding="utf-8")
+    assert read_split_files(str(tmp_path / "b"), "de", "en") == (["eins", "zwei"], ["one", "two"])
+    (tmp_path / "c.tsv").write_text("a\tb\nc\td\te\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_split_files(str(tmp_path / "c.tsv"), "de", "en")
+    assert str(err.value) == f"{tmp_path / 'c.tsv'}:2: expected 2 tab-separated columns, found 3"

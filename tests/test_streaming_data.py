@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -239,6 +240,39 @@ def test_a_line_too_long_to_be_a_sentence_is_named_by_file_and_line(tmp_path):
         assert str(err.value) == (
             f"{path}:3: a line longer than {MAX_LINE_BYTES:,} bytes; is it a text file with one sentence per line?"
         )
+
+
+@pytest.mark.parametrize(
+    "text,lines",
+    [
+        (b"", 0),
+        (b"\n", 1),
+        (b"a", 1),
+        (b"a\nb\n", 2),
+        (b"a\nb", 2),
+        (b"x\n" * 700_000, 700_000),
+        (b"x\n" * 700_000 + b"y", 700_001),
+    ],
+)
+def test_count_lines_counts_a_last_line_without_newline(tmp_path, text, lines):
+    path = tmp_path / "f.txt"
+    path.write_bytes(text)  # 1.4 MB: more than one read block
+    assert stream.count_lines(path) == lines
+    gz = tmp_path / "f.txt.gz"
+    gz.write_bytes(gzip.compress(text))
+    assert stream.count_lines(gz) == lines
+
+
+def test_default_workers_are_the_cores_this_process_may_use():
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert stream.default_workers() == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert stream.default_workers() == len(cores)
 
 
 def test_unequal_parallel_files_are_counted_to_the_end(tmp_path):
