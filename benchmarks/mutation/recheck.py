@@ -23,6 +23,12 @@ HERE = Path(__file__).resolve().parent
 NOT_KILLED = ("survived", "no tests")
 
 
+def judged() -> set[str]:
+    """The mutants equivalent.txt and gpu_only.txt already account for."""
+    lines = [line for name in ("equivalent.txt", "gpu_only.txt") for line in (HERE / name).read_text().splitlines()]
+    return {line.split("#")[0].strip() for line in lines}
+
+
 def survivors(results: Path) -> list[str]:
     out = []
     for line in results.read_text().splitlines():
@@ -48,7 +54,8 @@ def main(scope: str) -> None:
     selection = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"][
         "pytest_add_cli_args_test_selection"
     ]
-    names = survivors(HERE / scope / "results.txt")
+    skip = judged()
+    names = [name for name in survivors(HERE / scope / "results.txt") if name not in skip]
     work = Path(f"/tmp/mt-mutation-{scope}")
     jobs, timeout = int(os.environ.get("JOBS", "2")), int(os.environ.get("RECHECK_TIMEOUT", "900"))
     lines = []
@@ -57,6 +64,7 @@ def main(scope: str) -> None:
             lines.append(f"{name}: {verdict}  ({seconds:.0f} s)")
             print(lines[-1], flush=True)
     (HERE / scope / "recheck.txt").write_text("\n".join(sorted(lines)) + "\n")
+    print(f"{sum(' killed' in line for line in lines)} of {len(lines)} killed on the recheck")
 
 
 if __name__ == "__main__":
