@@ -121,6 +121,7 @@ def test_vocab_build_orders_by_frequency_then_alphabet_and_applies_min_freq():
     assert v2.itos[4:] == ["the", "runs"]
     v3 = Vocab.build(sents, min_freq=1, max_size=6)  # max_size counts the specials
     assert len(v3) == 6 and v3.itos[4:] == ["the", "runs"]
+    assert Vocab.build(sents, max_size=4).itos == list(SPECIALS)  # room for the specials only
 
 
 def test_vocab_encode_decode_round_trip_and_unknowns(real_lines):

@@ -15,7 +15,7 @@ from conftest import TINY, run_main
 
 from mt_cli.config import ConfigError, load_config
 from mt_cli.data.arrays import array_path, load_array, row_lengths
-from mt_cli.data.multilingual import TaggedSource, choose_direction
+from mt_cli.data.multilingual import TaggedSource, choose_direction, for_direction
 from mt_cli.data.prepare import prepare_corpus
 from mt_cli.data.sources import DataError
 from mt_cli.data.tokenize import SideCodec, normalize
@@ -125,6 +125,16 @@ def test_a_tag_leads_the_source_only_where_several_targets_occur(corpus):
     one_target = load_config(TINY, ["data.pairs=[de-en,fr-en,cs-en]", *SP]).data
     assert one_target.target_tag("en") is None  # one target language: no tag needed
     assert load_config(TINY, ["data.pairs=[de-en,en-de]", *SP]).data.target_tag("de") == "<2de>"
+
+
+def test_translation_tags_the_source_only_where_the_model_needs_it(corpus):
+    _, _, codecs = corpus
+    two_targets = load_config(TINY, ["data.pairs=[de-en,en-de]", *SP]).data
+    got = for_direction(codecs, two_targets, ("en", "de"))
+    assert isinstance(got["src"], TaggedSource) and got["src"].tag == "<2de>" and got["tgt"] is codecs["tgt"]
+    assert for_direction(codecs, two_targets, ("de", "en"))["src"].tag == "<2en>"
+    one_target = load_config(TINY, ["data.pairs=[de-en,fr-en,cs-en]", *SP]).data
+    assert for_direction(codecs, one_target, ("fr", "en")) is codecs
 
 
 @pytest.mark.parametrize(

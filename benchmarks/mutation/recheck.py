@@ -6,7 +6,8 @@ is tried on that one test alone, though every later test using the fixture reads
 survivor (and each mutant no test reached) with MUTANT_UNDER_TEST set, as mutmut's own trampoline reads it,
 against every test of the selection, stopping at the first failure. Writes SCOPE/recheck.txt.
 
-    python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment)"""
+    python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment)
+    python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)"""
 
 from __future__ import annotations
 
@@ -50,22 +51,30 @@ def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[
     return name, verdict, time.perf_counter() - start
 
 
-def main(scope: str) -> None:
+def main(scope: str, only: list[str]) -> None:
     selection = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"][
         "pytest_add_cli_args_test_selection"
     ]
     skip = judged()
-    names = [name for name in survivors(HERE / scope / "results.txt") if name not in skip]
+    names = [
+        name for name in survivors(HERE / scope / "results.txt") if name not in skip and (not only or name in only)
+    ]
     work = Path(f"/tmp/mt-mutation-{scope}")
     jobs, timeout = int(os.environ.get("JOBS", "2")), int(os.environ.get("RECHECK_TIMEOUT", "900"))
+    path = HERE / scope / "recheck.txt"
+    kept = (
+        [line for line in path.read_text().splitlines() if only and line.split(": ")[0] not in only]
+        if path.exists()
+        else []
+    )
     lines = []
     with ThreadPoolExecutor(jobs) as pool:
         for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selection, timeout), names):
             lines.append(f"{name}: {verdict}  ({seconds:.0f} s)")
             print(lines[-1], flush=True)
-    (HERE / scope / "recheck.txt").write_text("\n".join(sorted(lines)) + "\n")
+    path.write_text("\n".join(sorted(kept + lines)) + "\n")
     print(f"{sum(' killed' in line for line in lines)} of {len(lines)} killed on the recheck")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

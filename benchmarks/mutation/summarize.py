@@ -23,6 +23,7 @@ def main(results: str, seconds: str) -> None:
         name, sep, state = line.strip().rpartition(": ")
         if sep and name.startswith("mt_cli"):
             status[name] = state.strip()
+    by_status = dict(sorted(Counter(status.values()).items()))  # mutmut's own verdicts
     recheck = Path(results).with_name("recheck.txt")  # survivors killed by the whole test selection (recheck.py)
     rechecked = 0
     for line in recheck.read_text().splitlines() if recheck.exists() else []:
@@ -33,7 +34,7 @@ def main(results: str, seconds: str) -> None:
     unchecked = {m for m, state in status.items() if state == "not checked"}  # outside a partial run's patterns
     judged = {m for m in status if m not in equivalent and m not in unchecked}
     killed = sum(status[m] in KILLED for m in judged)
-    print(f"mutants: {len(status)} in {seconds} s; by status: {dict(sorted(Counter(status.values()).items()))}")
+    print(f"mutants: {len(status)} in {seconds} s; by status: {by_status}")
     if unchecked:
         print(
             f"not run (outside this run's PATTERNS): {len(unchecked)}; the score is over the other "
