@@ -152,23 +152,14 @@ def bench(
 
     from mt_cli.atomic import check_writable, write_json
     from mt_cli.bench import bench_training, bench_translation, environment
-    from mt_cli.ct2_engine import is_exported, load_translator
+    from mt_cli.ct2_engine import is_exported
     from mt_cli.evaluate import load_eval_split
 
     dev = _device(device)
     path = Path(out) if out else Path("result") / "bench" / f"{cfg.name}.json"
     _refuse_overwrite({"--out": path}, {"--config": config, "--checkpoint": checkpoint})
     check_writable(path.parent)
-    if checkpoint:
-        # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
-        model, tcfg, codecs = load_translator(checkpoint, torch.device("cpu"))
-        decode_sets = [s for s in set_ or [] if s.strip().startswith("decode.")]
-        if decode_sets:  # --set decode.* applies to the checkpoint's config too
-            from mt_cli.config import config_from_dict
-
-            tcfg = config_from_dict(tcfg.to_dict(), decode_sets)
-    else:
-        tcfg, codecs = cfg, None
+    model, tcfg, codecs = _bench_checkpoint(checkpoint, cfg, set_)
     load_eval_split(tcfg, split)  # so does an unknown split
     report = {"config": config, "overrides": set_ or [], **environment(dev)}
     report["training"] = bench_training(cfg, dev, steps, log=_say) if training else None
@@ -178,7 +169,7 @@ def bench(
             f"{report['training']['tgt_tokens_per_s']:,} tgt tok/s"
         )
     exported = bool(checkpoint) and is_exported(checkpoint)
-    model, codecs = _bench_translator(cfg, checkpoint, exported, model if checkpoint else None, codecs, dev)
+    model, codecs = _bench_translator(cfg, checkpoint, exported, model, codecs, dev)
     report["translation_model"] = checkpoint or "untrained"
     report["translation_engine"] = "ctranslate2" if exported else "pytorch"
     report["translation"] = bench_translation(model, tcfg, codecs, dev, split, [1, 5])
@@ -187,6 +178,24 @@ def bench(
     write_json(path, report)
     typer.echo(json.dumps({k: report[k] for k in ("device", "training", "translation")}, indent=1))
     typer.echo(f"saved {path}")
+
+
+def _bench_checkpoint(checkpoint, cfg, set_):
+    """(model or None, its config with any --set decode.*, codecs or None) of mt bench's --checkpoint."""
+    if not checkpoint:
+        return None, cfg, None
+    import torch
+
+    from mt_cli.ct2_engine import load_translator
+
+    # a bad checkpoint fails before the timing; on the CPU until then, out of the training memory peak
+    model, tcfg, codecs = load_translator(checkpoint, torch.device("cpu"))
+    decode_sets = [s for s in set_ or [] if s.strip().startswith("decode.")]
+    if decode_sets:  # --set decode.* applies to the checkpoint's config too
+        from mt_cli.config import config_from_dict
+
+        tcfg = config_from_dict(tcfg.to_dict(), decode_sets)
+    return model, tcfg, codecs
 
 
 def _bench_translator(cfg, checkpoint, exported: bool, loaded, codecs, dev):
