@@ -151,3 +151,34 @@ def full_disk(tmp_path, monkeypatch):
         monkeypatch.setattr(atomic, "open", to_dev_full, raising=False)
 
     yield SimpleNamespace(folder=folder, fill=fill, mounted=False)
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory, real_lines):
+    """A 400-pair corpus of real Multi30k lines (corpus: files, TSV; two test splits), prepared with sentencepiece."""
+    from mt_cli.data.prepare import prepare_corpus
+
+    d = tmp_path_factory.mktemp("small")
+    for name, split, a, b in (
+        ("train", "train", 0, 400),
+        ("valid", "val", 0, 40),
+        ("test_small", "test_2016_flickr", 0, 30),
+        ("test_tiny", "test_2017_flickr", 0, 10),
+    ):
+        src, tgt = real_lines(split, "de")[a:b], real_lines(split, "en")[a:b]
+        write_tsv(d / f"{name}.tsv", src, tgt)
+    overrides = [
+        f"data.root={d / 'data'}",
+        "data.corpus=files",
+        f"data.train={d / 'train.tsv'}",
+        f"data.valid={d / 'valid.tsv'}",
+        f"data.test=[{d / 'test_small.tsv'},{d / 'test_tiny.tsv'}]",
+        "data.tokenizer=sentencepiece",
+        "data.sp_vocab_size=400",
+        "train.max_tokens=1024",
+        "decode.max_len_a=0",
+        "decode.max_len_b=8",
+    ]
+    cfg = load_config(TINY, overrides)
+    prepare_corpus(cfg.data, log=lambda *_: None)
+    return d, overrides

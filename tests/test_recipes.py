@@ -11,38 +11,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY, write_tsv
+from conftest import REPO, TINY
 
 from mt_cli.config import load_config
-from mt_cli.data.prepare import prepare_corpus
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, real_lines):
-    """A 400-pair corpus of real Multi30k lines (corpus: files, TSV), prepared with sentencepiece."""
-    d = tmp_path_factory.mktemp("small")
-    for name, split, a, b in (
-        ("train", "train", 0, 400),
-        ("valid", "val", 0, 40),
-        ("test_small", "test_2016_flickr", 0, 30),
-    ):
-        src, tgt = real_lines(split, "de")[a:b], real_lines(split, "en")[a:b]
-        write_tsv(d / f"{name}.tsv", src, tgt)
-    overrides = [
-        f"data.root={d / 'data'}",
-        "data.corpus=files",
-        f"data.train={d / 'train.tsv'}",
-        f"data.valid={d / 'valid.tsv'}",
-        f"data.test=[{d / 'test_small.tsv'}]",
-        "data.tokenizer=sentencepiece",
-        "data.sp_vocab_size=400",
-        "train.max_tokens=1024",
-        "decode.max_len_a=0",
-        "decode.max_len_b=8",
-    ]
-    cfg = load_config(TINY, overrides)
-    prepare_corpus(cfg.data, log=lambda *_: None)
-    return d, overrides
 
 
 def _train(small, *more, tmp):

@@ -6,7 +6,7 @@ is tried on that one test alone, though every later test using the fixture reads
 survivor (and each mutant no test reached) with MUTANT_UNDER_TEST set, as mutmut's own trampoline reads it,
 against every test of the selection, stopping at the first failure. Writes SCOPE/recheck.txt.
 
-    python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment)
+    python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment; skips those rechecked before)
     python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)"""
 
 from __future__ import annotations
@@ -55,18 +55,15 @@ def main(scope: str, only: list[str]) -> None:
     selection = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"][
         "pytest_add_cli_args_test_selection"
     ]
-    skip = judged()
+    path = HERE / scope / "recheck.txt"
+    earlier = [line for line in path.read_text().splitlines() if line] if path.exists() else []
+    skip = judged() | ({line.split(": ")[0] for line in earlier} if not only else set())  # done by a past run
     names = [
         name for name in survivors(HERE / scope / "results.txt") if name not in skip and (not only or name in only)
     ]
     work = Path(f"/tmp/mt-mutation-{scope}")
     jobs, timeout = int(os.environ.get("JOBS", "2")), int(os.environ.get("RECHECK_TIMEOUT", "900"))
-    path = HERE / scope / "recheck.txt"
-    kept = (
-        [line for line in path.read_text().splitlines() if only and line.split(": ")[0] not in only]
-        if path.exists()
-        else []
-    )
+    kept = [line for line in earlier if line.split(": ")[0] not in names]
     lines = []
     with ThreadPoolExecutor(jobs) as pool:
         for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selection, timeout), names):
