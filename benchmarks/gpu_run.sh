@@ -3,7 +3,8 @@
 # of value, each stage capped by the time left (TOTAL) and its results copied to $OUT as soon as it ends:
 #   1. `mt train` with the default config (quality, time per epoch, time to BLEU, whole-run time)
 #   2. `mt bench` on the peer-sized config (CUDA graphs, then eager for comparison) and on the default
-#   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU
+#   3. the JoeyNMT 2.3.0 peer harness (../shared/peers/joeynmt, copied to .gpu/) on the same GPU, then the
+#      same peer-sized model trained by `mt train` for the peer's epochs and decoded at its batch size (3b)
 #   4. decoding extras: larger decoding batches, per-operator profiles of beam 5 and greedy
 #   5. recipe variants of the default config while time is left ($VARIANTS; time to BLEU per run)
 # Needs: what benchmarks/prepare_gpu_payload.sh builds (prepared corpora in data/, spaCy is not needed
@@ -15,7 +16,7 @@ OUT="${OUT:-/tmp/gpu_out}"
 PY="${PY:-python3}"
 TOTAL="${TOTAL:-560}"      # seconds this script may take
 RUNS="${RUNS:-runs}"
-STAGES="${STAGES:-train,bench,peer,extras,variants}"
+STAGES="${STAGES:-train,bench,peer,peer_same,extras,variants}"
 T0=$(date +%s)
 mkdir -p "$OUT" "$RUNS/logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -82,6 +83,25 @@ if want peer; then
   elif [ "${DRY:-0}" != "1" ]; then
     say "peer harness SKIPPED: .gpu/peers/joeynmt missing or ${PB}s left"
   fi
+  pack
+fi
+
+# ---- 3b. like for like with the peer: the same peer-sized config (word level, lowercased, 9.0M parameters,
+# batches of 128 sentences) trained by `mt train` for as many epochs as the peer completed, so both sides give
+# whole-epoch throughput with data loading and time from the first step to validation BLEU X; then decoding
+# at the peer's batch size of 128 with that model.
+if want peer_same; then
+  PE=$($PY -c "import json,sys; print(max(1, len(json.load(open(sys.argv[1]))['epochs'])))" \
+    "$RUNS/peer/results.json" 2>/dev/null) || PE=5
+  [ "${DRY:-0}" = "1" ] && PE=2
+  say "peer-sized mt train, $PE epochs (the peer's count)"
+  TS=$(date +%s)
+  timeout "$(cap 150)" $MT train -c configs/peer_joeynmt.yaml --device $DEV --saved "$RUNS/saved" \
+    --result "$RUNS/result" --set train.epochs=$PE "${SET[@]}" 2>&1 | quiet > "$RUNS/logs/train_peer_sized.log"
+  say "peer-sized train rc=${PIPESTATUS[0]}, whole command $(( $(date +%s) - TS )) s"
+  say "peer-sized decoding at batches of 128"
+  timeout "$(cap 60)" $MT bench --device $DEV --no-training --checkpoint "$RUNS/saved/peer_joeynmt/best.pt" \
+    --set decode.batch_size=128 --out "$RUNS/bench_peer_sized_bs128.json" "${BSET[@]}" 2>&1 | quiet | tail -2
   pack
 fi
 
