@@ -1,7 +1,9 @@
 """CTranslate2 against mt_cli's PyTorch path on this machine's CPU, side by side in one run: a trained
 checkpoint exported at float32 and int8, each engine translating a test set greedy and with beam 5 through
 translate_lines (what `mt translate` runs), timed after a warm-up; cased sacreBLEU of every output.
-  python benchmarks/ct2_cpu.py --checkpoint saved/multi30k_cpu/best.pt --out benchmarks/cpu/ct2_cpu.json"""
+  python benchmarks/ct2_cpu.py --checkpoint saved/multi30k_cpu/best.pt --out benchmarks/cpu/ct2_cpu.json
+With --untrained CONFIG instead: that config's model with random weights (its prepared codecs), outputs capped
+by --set decode.max_len_a/b, as speed alone (no BLEU to compare) where no trained model of it exists."""
 
 from __future__ import annotations
 
@@ -30,17 +32,38 @@ def timed(model, cfg, codecs, lines, beam) -> tuple[float, list[str]]:
     return time.perf_counter() - t0, [n[0] for n in out]
 
 
+def untrained_checkpoint(config: str, overrides: list[str], path: Path) -> Path:
+    """A checkpoint of `config`'s model with seeded random weights and its prepared corpus's codecs."""
+    from mt_cli.checkpoint import save_checkpoint
+    from mt_cli.config import load_config
+    from mt_cli.data.prepare import load_corpus
+    from mt_cli.data.vocab import PAD
+    from mt_cli.model import build_model
+
+    cfg = load_config(config, overrides)
+    codecs, _, _, _ = load_corpus(cfg, cfg.train.bucket_width, resident=False)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, len(codecs["src"].vocab), len(codecs["tgt"].vocab), PAD)
+    save_checkpoint(path, model=model, cfg=cfg, codecs=codecs, epoch=0, step=0)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--untrained", metavar="CONFIG", help="a random-weight model of this config instead")
+    ap.add_argument("--set", action="append", default=[], help="config override key=value (with --untrained)")
+    ap.add_argument("--lines", type=int, help="only the first N sentences of the split")
     ap.add_argument("--data", default="../shared/data/multi30k")
     ap.add_argument("--split", default="test_2016_flickr")
     ap.add_argument("--out", default="benchmarks/cpu/ct2_cpu.json")
     args = ap.parse_args()
     cpu = torch.device("cpu")
-    model, cfg, codecs = load_translator(args.checkpoint, cpu)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or untrained_checkpoint(args.untrained, args.set, Path(tmp) / "untrained.pt")
+        model, cfg, codecs = load_translator(checkpoint, cpu)
     read = lambda lang: gzip.open(f"{args.data}/{args.split}.{lang}.gz", "rt", encoding="utf-8").read().splitlines()  # noqa: E731
-    src, ref = read(cfg.data.src_lang), read(cfg.data.tgt_lang)
+    src, ref = read(cfg.data.src_lang)[: args.lines], read(cfg.data.tgt_lang)[: args.lines]
     engines = {"pytorch_fp32": (model, cfg, codecs)}
     with tempfile.TemporaryDirectory() as tmp:
         for q in ("float32", "int8"):
@@ -65,7 +88,7 @@ def main() -> None:
         "device": f"cpu ({os.cpu_count()} cores): {platform.processor() or platform.machine()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "checkpoint": args.checkpoint,
+        "checkpoint": args.checkpoint or f"untrained {args.untrained} {' '.join(args.set)} (BLEU meaningless)",
         **report,
     }
     Path(args.out).write_text(json.dumps(full, indent=1) + "\n")

@@ -52,9 +52,8 @@ def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[
 
 
 def main(scope: str, only: list[str]) -> None:
-    selection = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"][
-        "pytest_add_cli_args_test_selection"
-    ]
+    table = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"]
+    selection = table.get("pytest_add_cli_args", []) + table["pytest_add_cli_args_test_selection"]  # with its -k
     path = HERE / scope / "recheck.txt"
     earlier = [line for line in path.read_text().splitlines() if line] if path.exists() else []
     skip = judged() | ({line.split(": ")[0] for line in earlier} if not only else set())  # done by a past run

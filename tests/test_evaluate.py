@@ -1,5 +1,6 @@
-"""The final test of a run (mt_cli.evaluate.final_test) and the report files evaluate_splits keeps: which
-checkpoint is tested, what is logged, which earlier scores a report keeps, and what a failed write leaves."""
+"""mt_cli.evaluate: the validation loss against a sentence-by-sentence reference, a split's scores against
+sacreBLEU, the final test of a run (which checkpoint, what is logged) and the report files (which earlier
+scores a report keeps, what a failed write leaves)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,11 @@ from conftest import TINY
 from mt_cli import evaluate
 from mt_cli.checkpoint import load_checkpoint, restore, save_state
 from mt_cli.config import load_config
-from mt_cli.evaluate import evaluate_splits, final_test
+from mt_cli.data.batching import Split
+from mt_cli.data.prepare import corpus_dir
+from mt_cli.data.sources import DataError
+from mt_cli.data.vocab import PAD
+from mt_cli.evaluate import evaluate_splits, final_test, validation_loss
 
 CPU = torch.device("cpu")
 
@@ -143,3 +148,63 @@ def test_a_failed_report_write_removes_only_the_files_it_created(trained, tmp_pa
     # test_small's hypotheses were new: removed; valid's and the report existed: kept whole
     assert {p.name for p in out.iterdir()} == set(before)
     assert (out / "eval.beam1.json").read_bytes() == before["eval.beam1.json"]
+
+
+def test_the_validation_loss_is_the_token_mean_of_each_sentence_scored_alone(trained):
+    cfg, saved, _ = trained
+    model, _, _ = restore(load_checkpoint(saved / "best.pt"))
+    model.train()  # dropout on: validation_loss must turn it off, and back on after
+    split, rows = Split(corpus_dir(cfg.data) / "valid"), Split(corpus_dir(cfg.data) / "valid", 1, resident=False)
+    total = tokens = 0.0
+    with torch.no_grad():
+        model.eval()
+        for i in range(len(split)):
+            src, tgt = (torch.as_tensor(a) for a in rows.rows(torch.tensor([i]), 200))
+            src, tgt = src[:, src[0] != PAD], tgt[:, tgt[0] != PAD]  # this sentence alone, no padding
+            logp = torch.log_softmax(model(src, tgt[:, :-1]).float(), -1)[0]
+            total -= logp.gather(1, tgt[0, 1:, None]).sum().item()
+            tokens += tgt.shape[1] - 1
+        model.train()
+    assert validation_loss(model, split, cfg, CPU, None) == pytest.approx(total / tokens, rel=1e-5)
+    assert model.training
+
+
+def test_a_split_report_and_its_log_line_agree_with_sacrebleu(trained, small, tmp_path):
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    cfg, saved, _ = trained
+    best, logs = saved / "best.pt", []
+    model, _, codecs = restore(load_checkpoint(best))
+    report = evaluate_splits(model.eval(), codecs, cfg, ["test_small"], CPU, 2, tmp_path, log=logs.append,
+                             checkpoint=str(best))  # fmt: skip
+    r = report["test_small"]
+    hyps = (tmp_path / "test_small.beam2.hyp").read_text(encoding="utf-8").splitlines()
+    refs = [line.split("\t")[1] for line in (small[0] / "test_small.tsv").read_text(encoding="utf-8").splitlines()]
+    assert len(hyps) == r["sentences"] == 30
+    assert r["bleu"] == pytest.approx(BLEU().corpus_score(hyps, [refs]).score, abs=0.01)
+    assert r["bleu_lc"] == pytest.approx(BLEU(lowercase=True).corpus_score(hyps, [refs]).score, abs=0.01)
+    assert r["chrf"] == pytest.approx(CHRF().corpus_score(hyps, [refs]).score, abs=0.01)
+    assert r["ter"] == pytest.approx(TER().corpus_score(hyps, [refs]).score, abs=0.01)
+    assert r["beam_size"] == 2 and r["engine"] == "pytorch"
+    assert r["sentences_per_s"] == pytest.approx(30 / r["seconds"], rel=0.02, abs=0.1)
+    from datetime import datetime
+
+    assert r["checkpoint"] == str(best)
+    assert r["checkpoint_modified"] == datetime.fromtimestamp(best.stat().st_mtime).isoformat()
+    assert logs == [
+        f"test_small: BLEU {r['bleu']:.2f} (lc {r['bleu_lc']:.2f})  chrF {r['chrf']:.2f}  TER {r['ter']:.2f}  "
+        f"(30 sentences, beam 2, {r['sentences_per_s']:.0f} sent/s)"
+    ]
+
+
+def test_an_unknown_split_is_refused_before_any_decoding(trained, tmp_path):
+    cfg, saved, _ = trained
+    model, _, codecs = restore(load_checkpoint(saved / "best.pt"))
+    logs = []
+    with pytest.raises(DataError, match="no split 'nope' \\(available: test_small, test_tiny, train, valid\\)"):
+        evaluate_splits(model, codecs, cfg, ["valid", "nope"], CPU, 1, tmp_path / "out", log=logs.append)
+    assert logs == [] and not (tmp_path / "out").exists()
+    empty = load_config(TINY, [f"data.root={tmp_path}", "data.corpus=files", "data.train=x.tsv", "data.valid=y.tsv"])
+    (corpus_dir(empty.data)).mkdir(parents=True)
+    with pytest.raises(DataError, match="no split 'valid' \\(run `mt prepare` with this config first"):
+        evaluate_splits(model, codecs, empty, ["valid"], CPU, 1, None, log=logs.append)
