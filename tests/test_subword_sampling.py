@@ -75,7 +75,9 @@ def test_samples_spell_the_same_text_in_other_pieces(sampled):
             changed = sum(a != b for a, b in zip(rows, usual)) / len(usual)
             assert 0.2 < changed < 0.95, changed  # BPE-dropout 0.1 re-splits some words of most sentences
             assert sum(map(len, rows)) > sum(map(len, usual))  # dropped merges: more, shorter pieces
-        assert samples[0] != samples[1] != samples[2]
+        assert samples[0] != samples[1] and samples[1] != samples[2] and samples[0] != samples[2]  # own seeds
+        dtype = load_array(array_path(folder, "train", side)).dtype
+        assert [load_array(array_path(folder, f"train.s{k}", side)).dtype for k in range(1, K + 1)] == [dtype] * K
     manifest = json.loads((folder / "manifest.json").read_text())
     assert [f"train.s{k}" in manifest["splits"] for k in range(1, K + 1)] == [True] * K
 
@@ -119,3 +121,15 @@ def test_each_epoch_trains_on_the_next_sample(sampled):
 def test_bad_sampling_settings_name_the_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         _cfg(tmp_path, "data", **data)
+
+
+def test_pairs_the_cleaning_drops_are_dropped_from_every_sample(tmp_path, real_lines):
+    de, en = real_lines("train", "de")[:300], real_lines("train", "en")[:300]
+    write_tsv(tmp_path / "train.tsv", de + de[:40], en + en[:40])  # 40 repeated pairs
+    write_tsv(tmp_path / "valid.tsv", real_lines("val", "de")[:20], real_lines("val", "en")[:20])
+    cfg = _cfg(tmp_path, "data", subword_samples=2, dedup=True, sp_vocab_size=400, max_len=200)
+    folder = prepare_corpus(cfg.data, log=lambda *_: None, workers=1)
+    usual = _rows(folder, "train", "src")
+    assert len(usual) == 300  # the repeats are gone
+    for k in (1, 2):
+        assert len(_rows(folder, f"train.s{k}", "src")) == len(_rows(folder, f"train.s{k}", "tgt")) == 300
