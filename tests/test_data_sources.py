@@ -130,3 +130,27 @@ def test_a_user_split_is_a_tsv_or_a_pair_of_files(tmp_path):
     with pytest.raises(DataError) as err:
         read_split_files(str(tmp_path / "c.tsv"), "de", "en")
     assert str(err.value) == f"{tmp_path / 'c.tsv'}:2: expected 2 tab-separated columns, found 3"
+
+
+def test_a_tsv_split_is_one_file_even_before_it_exists(tmp_path):
+    from mt_cli.data.sources import split_files
+
+    assert split_files(str(tmp_path / "train.tsv"), "de", "en") == [tmp_path / "train.tsv"]  # named if missing
+    assert split_files(str(tmp_path / "train"), "de", "en") == [tmp_path / "train.de", tmp_path / "train.en"]
+
+
+def test_temporary_folders_are_hidden_and_distinct(tmp_path):
+    from mt_cli.data.sources import fresh_tempdir
+
+    a, b = fresh_tempdir(tmp_path / "root"), fresh_tempdir(tmp_path / "root")
+    assert a != b and a.parent == b.parent == tmp_path / "root"
+    assert a.name.startswith(".tmp-") and b.name.startswith(".tmp-")  # hidden, and recognisable as a leftover
+
+
+def test_read_lines_names_a_missing_file_and_drops_a_byte_order_mark(tmp_path):
+    from mt_cli.data.sources import read_lines
+
+    with pytest.raises(DataError, match=f"^{tmp_path / 'no.txt'}: file not found$"):
+        read_lines(tmp_path / "no.txt")
+    (tmp_path / "bom.txt").write_bytes("\ufeffeins\n\ufeffzwei\r\n".encode())
+    assert read_lines(tmp_path / "bom.txt") == ["eins", "\ufeffzwei"]  # line 1's mark is not text

@@ -68,7 +68,7 @@ def main(scope: str, only: list[str]) -> None:
         for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selection, timeout), names):
             lines.append(f"{name}: {verdict}  ({seconds:.0f} s)")
             print(lines[-1], flush=True)
-    path.write_text("\n".join(sorted(kept + lines)) + "\n")
+    path.write_text("".join(line + "\n" for line in sorted(kept + lines)))
     print(f"{sum(' killed' in line for line in lines)} of {len(lines)} killed on the recheck")
 
 

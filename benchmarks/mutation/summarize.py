@@ -4,6 +4,7 @@ as not killed, and the score without them is given beside. Both files: one mutan
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,29 @@ def listed(name: str) -> set[str]:
     return {line.split("#")[0].strip() for line in lines} - {""}
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k / n, in percent."""
+    if not n:
+        return 0.0, 100.0
+    p, q = k / n, z * z / n
+    mid, half = (p + q / 2) / (1 + q), z * math.sqrt(p * (1 - p) / n + q / (4 * n)) / (1 + q)
+    return 100 * (mid - half), 100 * (mid + half)
+
+
+def samples(folder: Path, status: dict, equivalent: set, gpu_only: set) -> None:
+    """The score of each random sample (SCOPE/sample*.txt: names from sample.py), with its 95% interval."""
+    for path in sorted(folder.glob("sample*.txt")):
+        names = [n for n in path.read_text().split() if n in status]
+        judged = [n for n in names if n not in equivalent and status[n] != "not checked"]
+        killed = sum(status[n] in KILLED for n in judged)
+        low, high = wilson(killed, len(judged))
+        print(
+            f"{path.name}: {len(names)} sampled, {len(names) - len(judged)} equivalent; {killed} killed of "
+            f"{len(judged)} = {100 * killed / max(1, len(judged)):.1f}% (95% interval {low:.1f}-{high:.1f}%); "
+            f"GPU-only among them: {len(set(judged) & gpu_only)}"
+        )
+
+
 def main(results: str, seconds: str) -> None:
     status = {}
     for line in Path(results).read_text().splitlines():
@@ -28,7 +52,7 @@ def main(results: str, seconds: str) -> None:
     rechecked = 0
     for line in recheck.read_text().splitlines() if recheck.exists() else []:
         name, _, verdict = line.partition(": ")
-        if verdict.split()[0] in KILLED and status.get(name) not in KILLED:
+        if verdict and verdict.split()[0] in KILLED and status.get(name) not in KILLED:
             status[name], rechecked = "killed", rechecked + 1
     equivalent, gpu_only = listed("equivalent.txt") & set(status), listed("gpu_only.txt") & set(status)
     unchecked = {m for m, state in status.items() if state == "not checked"}  # outside a partial run's patterns
@@ -46,6 +70,7 @@ def main(results: str, seconds: str) -> None:
     print(f"score: {killed} killed of {len(judged)} non-equivalent = {100 * killed / max(1, len(judged)):.1f}%")
     here = len(judged - gpu_only)
     print(f"without the GPU-only: {killed} of {here} = {100 * killed / max(1, here):.1f}%")
+    samples(Path(results).parent, status, equivalent, gpu_only)
     for m in sorted(judged):
         if status[m] not in KILLED:
             print(f"not killed: {m}: {status[m]}" + ("  (GPU-only)" if m in gpu_only else ""))
