@@ -209,3 +209,30 @@ def test_an_unknown_split_is_refused_before_any_decoding(trained, tmp_path):
     (corpus_dir(empty.data)).mkdir(parents=True)
     with pytest.raises(DataError, match="no split 'valid' \\(run `mt prepare` with this config first"):
         evaluate_splits(model, codecs, empty, ["valid"], CPU, 1, None, log=logs.append)
+
+
+@pytest.mark.parametrize("engine", ["pytorch", "ctranslate2"])
+def test_a_split_is_decoded_at_the_beam_asked_for_not_the_configured_one(trained, tmp_path, engine):
+    from mt_cli.ct2_engine import load_translator
+    from mt_cli.decode import translate_ids
+
+    cfg, saved, _ = trained  # configs/tiny.yaml: decode.beam_size 2
+    model, _, codecs = restore(load_checkpoint(saved / "best.pt"))
+    model.eval()
+    if engine == "ctranslate2":
+        pytest.importorskip("ctranslate2")
+        from mt_cli.export import export_ctranslate2
+
+        engine_model, _, _ = load_translator(export_ctranslate2(model, cfg, codecs, tmp_path / "ct2"), CPU)
+    else:
+        engine_model = model
+    split = Split(corpus_dir(cfg.data) / "test_small")
+    src = split.source_rows(torch.arange(len(split)))
+    hyps = {}
+    for beam in (1, 4):
+        got = evaluate_splits(engine_model, codecs, cfg, ["test_small"], CPU, beam, tmp_path / f"b{beam}", log=print)
+        assert got["test_small"]["beam_size"] == beam
+        hyps[beam] = (tmp_path / f"b{beam}" / f"test_small.beam{beam}.hyp").read_text(encoding="utf-8").splitlines()
+        direct = translate_ids(model, src, cfg.decode, CPU, beam_size=beam)  # PyTorch, this beam, directly
+        assert hyps[beam] == [codecs["tgt"].decode(r[0][0]) for r in direct]
+    assert hyps[1] != hyps[4]  # the two beams translate some sentence differently, so the beam is visible

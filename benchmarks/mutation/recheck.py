@@ -7,7 +7,8 @@ survivor (and each mutant no test reached) with MUTANT_UNDER_TEST set, as mutmut
 against every test of the selection, stopping at the first failure. Writes SCOPE/recheck.txt.
 
     python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment; skips those rechecked before)
-    python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)"""
+    python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)
+RECHECK_FIRST="tests/a.py tests/b.py" runs those files of the selection first (a survivor then dies sooner)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[
 
 def main(scope: str, only: list[str]) -> None:
     table = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"]
-    selection = table.get("pytest_add_cli_args", []) + table["pytest_add_cli_args_test_selection"]  # with its -k
+    files = table["pytest_add_cli_args_test_selection"]
+    first = os.environ.get("RECHECK_FIRST", "").split()  # likely killers first: -x stops sooner, same verdicts
+    selection = table.get("pytest_add_cli_args", []) + first + [f for f in files if f not in first]  # with its -k
     path = HERE / scope / "recheck.txt"
     earlier = [line for line in path.read_text().splitlines() if line] if path.exists() else []
     skip = judged() | ({line.split(": ")[0] for line in earlier} if not only else set())  # done by a past run
