@@ -1,0 +1,114 @@
+"""Stopping and resuming a run in this process (mt_cli.training.signals, resume, run): what a SIGTERM saves
+and says, resuming it twice, the newest run of a config, and the messages of refused resumptions."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+
+import pytest
+from conftest import TINY
+
+from mt_cli.checkpoint import load_checkpoint, save_state
+from mt_cli.config import load_config
+from mt_cli.training import TrainingStopped, train
+from mt_cli.training.resume import find_last
+from mt_cli.training.signals import Signals
+
+
+def test_a_first_signal_asks_to_stop_a_second_quits_and_exit_restores_the_handlers():
+    calls = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: calls.append("previous"))
+    try:
+        logs = []
+        with Signals(log=logs.append) as signals:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert signals.hit == "SIGTERM" and calls == []
+            assert logs == ["SIGTERM received: finishing this step, then saving (send it again to quit at once)"]
+            os.kill(os.getpid(), signal.SIGTERM)  # the second one reaches the handler from before
+            assert calls == ["previous"]
+        with Signals(log=logs.append):  # a second run in the same process installs its handler again
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == ["previous"] and signal.getsignal(signal.SIGTERM) is not None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def run(small, tmp_path):
+    _, overrides = small
+    cfg = load_config(TINY, overrides + ["train.epochs=2", "train.save_every=1", "train.val_bleu=false"])
+    roots = {"saved_root": str(tmp_path / "saved"), "result_root": str(tmp_path / "result")}
+    return cfg, roots, tmp_path
+
+
+def _sigterm_after_epoch_1(logs):
+    def log(line):
+        logs.append(line)
+        if line.startswith("epoch   1 "):
+            os.kill(os.getpid(), signal.SIGTERM)  # lands during epoch 2's first step
+
+    return log
+
+
+def test_a_sigterm_saves_last_pt_names_the_resume_command_and_resumes_twice(run):
+    cfg, roots, tmp = run
+    logs = []
+    with pytest.raises(TrainingStopped) as stop:
+        train(cfg, device="cpu", log=_sigterm_after_epoch_1(logs), **roots)
+    saved, result = tmp / "saved" / "tiny", tmp / "result" / "tiny"
+    command = (
+        f"mt train --config {result / 'config.yaml'} --resume-from {saved / 'last.pt'} --result {tmp / 'result'} "
+        f"--device cpu"
+    )
+    assert str(stop.value).startswith(f"SIGTERM received: saved {saved / 'last.pt'} at epoch 2, step ")
+    assert str(stop.value).endswith(f"continue with `{command}`")
+    last = load_checkpoint(saved / "last.pt")
+    assert last["epoch"] == 2  # saved in the middle of the epoch under way
+    logs.clear()
+    summary = train(cfg, device="cpu", resume=saved / "last.pt", log=logs.append, **roots)
+    assert summary["run"] == "tiny" and 0 < summary["train_seconds"] <= summary["total_seconds"]
+    more = load_config(TINY, [*_overrides(cfg), "train.epochs=3"])  # a longer run: an allowed change
+    logs.clear()
+    train(more, device="cpu", resume=True, log=logs.append, **roots)
+    assert not [line for line in logs if line.startswith("warning")], logs  # the same process count as recorded
+    assert any(line.startswith("resuming with a changed train.epochs: 2 -> 3") for line in logs)
+
+
+def _overrides(cfg) -> list[str]:
+    d = cfg.data
+    return [f"data.root={d.root}", "data.corpus=files", f"data.train={d.train}", f"data.valid={d.valid}",
+            f"data.test=[{','.join(d.test)}]", "data.tokenizer=sentencepiece", "data.sp_vocab_size=400",
+            "train.max_tokens=1024", "decode.max_len_a=0", "decode.max_len_b=8", "train.save_every=1",
+            "train.val_bleu=false"]  # fmt: skip
+
+
+def test_a_refused_change_says_which_config_to_resume_with(run):
+    cfg, roots, tmp = run
+    train(load_config(TINY, [*_overrides(cfg), "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    other = load_config(TINY, [*_overrides(cfg), "train.epochs=1", "model.d_ff=48"])
+    recorded = tmp / "result" / "tiny" / "config.yaml"
+    with pytest.raises(ValueError, match=re.escape(f"(model.d_ff differ); resume it with --config {recorded}")):
+        train(other, device="cpu", resume=True, log=lambda *_: None, **roots)
+    recorded.unlink()
+    with pytest.raises(ValueError, match="resume it with the config it was started with$"):
+        train(other, device="cpu", resume=True, log=lambda *_: None, **roots)
+
+
+def test_plain_resume_takes_the_newest_run_of_this_config_not_a_longer_name(run):
+    cfg, roots, tmp = run
+    root = tmp / "saved"
+    with pytest.raises(ValueError, match=re.escape(f"{root / 'tiny' / 'last.pt'}: no run named 'tiny' to resume")):
+        find_last(root, "tiny")
+    train(load_config(TINY, [*_overrides(cfg), "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    shutil.copytree(root / "tiny", root / "tiny-2")  # the same config started again
+    other = load_checkpoint(root / "tiny" / "last.pt")
+    other["config"]["name"] = "tiny-2020"  # an experiment whose name only begins like it
+    (root / "tiny-2020").mkdir()
+    save_state(root / "tiny-2020" / "last.pt", other)
+    newest = os.stat(root / "tiny-2020" / "last.pt").st_mtime_ns
+    os.utime(root / "tiny-2" / "last.pt", ns=(newest - 10**9, newest - 10**9))
+    os.utime(root / "tiny" / "last.pt", ns=(newest - 2 * 10**9, newest - 2 * 10**9))
+    assert find_last(root, "tiny") == root / "tiny-2" / "last.pt"
