@@ -309,6 +309,19 @@ def test_fp16_loss_scale_back_off_is_not_divergence():
     assert int(stepper.acc[BAD_RUN]) == 1
 
 
+def test_an_overflow_at_loss_scale_one_or_below_is_divergence_not_back_off():
+    """A finite loss with infinite gradients: routine back-off while the scale is above 1, a bad step at 1."""
+    from mt_cli.steps import BAD_RUN
+
+    for init_scale, bad in ((2.0, 0), (1.0, 1)):
+        stepper = _tiny_stepper([])
+        stepper.amp_dtype = torch.float16
+        stepper.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+        stepper.model.generator.weight.register_hook(lambda g: torch.full_like(g, math.inf))
+        stepper(_batch())
+        assert int(stepper.acc[BAD_RUN]) == bad, init_scale
+
+
 def test_oom_on_a_batch_is_skipped_and_repeated_oom_stops_with_advice():
     logs: list[str] = []
     stepper = _tiny_stepper(logs)

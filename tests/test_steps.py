@@ -1,0 +1,45 @@
+"""mt_cli.steps in isolation: the precision a device gets, and the loss on a non-CPU device (its full-grid path),
+run on PyTorch's meta device so that no GPU is needed, against the CPU path's closed form."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import random_ids, small_model
+
+from mt_cli.data.vocab import PAD
+from mt_cli.steps import loss_sum, resolve_precision
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_on_the_cpu_falls_back_to_fp32_with_a_warning(precision):
+    with pytest.warns(UserWarning, match=f"precision {precision} requested on cpu; using fp32"):
+        assert resolve_precision(precision, CPU) == torch.float32
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32"])
+def test_auto_and_fp32_on_the_cpu_are_fp32_without_a_warning(precision):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_precision(precision, CPU) == torch.float32
+
+
+def test_the_loss_is_the_sum_over_real_target_tokens_on_every_path():
+    model = small_model(src_vocab=20, tgt_vocab=30)
+    src, tgt_in, tgt_out = random_ids(3, 5, 20), random_ids(3, 6, 30), random_ids(3, 6, 30)
+    tgt_out[0, 4:] = PAD
+    tgt_out[2, 1:] = PAD
+    logits = model(src, tgt_in).float()
+    real = tgt_out != PAD
+    want = F.cross_entropy(logits[real], tgt_out[real], reduction="sum")
+    total, n = loss_sum(model, src, tgt_in, tgt_out, 0.0)
+    assert int(n) == int(real.sum()) and float(total) == pytest.approx(float(want), rel=1e-5)
+    # a device other than the CPU scores the whole grid, padding ignored: the same sum (meta: shapes only)
+    meta = model.to("meta")
+    total, n = loss_sum(meta, src.to("meta"), tgt_in.to("meta"), tgt_out.to("meta"), 0.1)
+    assert total.device.type == n.device.type == "meta" and total.shape == n.shape == ()
