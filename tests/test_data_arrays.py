@@ -32,3 +32,11 @@ def test_long_rows_after_the_first_block_widen_the_earlier_ones_too(tmp_path):
 def test_an_empty_array_has_no_rows(tmp_path):
     path = _offsets(tmp_path / "o.npy", [])
     assert row_lengths(path).tolist() == [] and MappedArray(path).array.tolist() == [0]
+
+
+def test_a_file_that_is_no_npy_array_is_named(tmp_path):
+    from mt_cli.data.sources import DataError
+
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match=f"^{tmp_path / 'bad.npy'}: "):
+        MappedArray(tmp_path / "bad.npy")

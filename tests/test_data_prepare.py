@@ -109,3 +109,16 @@ def test_sentencepiece_failures_are_one_line_without_the_cpp_location(real_lines
     msg = str(e.value)
     assert msg.startswith("sentencepiece (de, data.sp_vocab_size=10): Vocabulary size is smaller than required_chars")
     assert "\n" not in msg and "INTERNAL" not in msg and ".cc" not in msg
+
+
+def test_the_manifest_counts_the_unknown_target_words(files, tmp_path):
+    import numpy as np
+
+    from mt_cli.data.arrays import array_path, load_array
+    from mt_cli.data.vocab import UNK
+
+    folder = prepare_corpus(_cfg(files, tmp_path).data, log=lambda *_: None)  # min_freq 2: rare words are <unk>
+    info = load_manifest(folder)["splits"]
+    for split in ("train", "valid"):
+        count = int(np.count_nonzero(load_array(array_path(folder, split, "tgt")) == UNK))
+        assert info[split]["tgt_unk"] == count > 0, split

@@ -56,3 +56,8 @@ def test_a_byte_order_mark_is_dropped_from_the_files_first_line_only():
     assert decode_side(blob, 2, 1, "f") == ["a", "\ufeffb"]
     assert decode_side(blob, 2, 7, "f") == ["\ufeffa", "\ufeffb"]  # a later block: its first line is not line 1
     assert decode_side(b"x\r\ny\r\n", 2, 1, "f") == ["x", "y"]
+
+
+def test_a_missing_input_is_named(tmp_path):
+    with pytest.raises(DataError, match=f"^{tmp_path / 'no.tsv'}: file not found$"):
+        LineBlocks(tmp_path / "no.tsv")

@@ -110,8 +110,11 @@ def test_choose_direction_fills_in_what_is_left_out(corpus):
     assert choose_direction(data, "en", None) == ("en", "de")  # the only one from English
     assert choose_direction(data, None, "en") == ("de", "en")  # several fit: the main one
     for src, tgt in (("cs", None), ("fr", "de"), (None, "fr")):
-        with pytest.raises(DataError, match="this model translates de→en, fr→en, en→de"):
+        with pytest.raises(DataError, match="this model translates de→en, fr→en, en→de; choose one of those$"):
             choose_direction(data, src, tgt)
+    two = load_config(TINY, ["data.pairs=[de-en,en-fr,de-fr]", *SP]).data  # two fit, neither the main one
+    with pytest.raises(DataError, match="^--tgt-lang fr: this model .*; several fit; name both languages$"):
+        choose_direction(two, None, "fr")
 
 
 def test_a_tag_leads_the_source_only_where_several_targets_occur(corpus):

@@ -53,7 +53,7 @@ def _sigterm_after_epoch_1(logs):
     return log
 
 
-def test_a_sigterm_saves_last_pt_names_the_resume_command_and_resumes_twice(run):
+def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(run):
     cfg, roots, tmp = run
     logs = []
     with pytest.raises(TrainingStopped) as stop:
