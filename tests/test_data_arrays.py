@@ -40,3 +40,18 @@ def test_a_file_that_is_no_npy_array_is_named(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not an array")
     with pytest.raises(DataError, match=f"^{tmp_path / 'bad.npy'}: "):
         MappedArray(tmp_path / "bad.npy")
+
+
+def test_the_npy_header_keeps_the_data_aligned_to_64_bytes(tmp_path):
+    from mt_cli.data.arrays import ArrayWriter
+
+    for n in (0, 3, 100_000):
+        writer = ArrayWriter(tmp_path / f"a{n}.npy", np.int32)
+        writer.append(np.arange(n, dtype=np.int32))
+        writer.close()
+        with open(tmp_path / f"a{n}.npy", "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            assert f.tell() % 64 == 0 and shape == (n,) and dtype == np.int32  # the format's alignment rule
+        assert np.load(tmp_path / f"a{n}.npy").tolist() == list(range(n))
