@@ -55,20 +55,18 @@ _, split, _, _ = load_corpus(cfg, cfg.train.bucket_width)
 lengths = split.tgt_len  # with <eos>: what the loss counts
 
 
-def padding(batches):
-    """Share of the target positions computed that are padding, over (rows, width) batches; row n is filler."""
-    real = computed = 0
-    for rows, width in batches:
-        rows = torch.as_tensor(rows)
-        real += int(lengths[rows[rows < len(lengths)]].sum())
-        computed += len(rows) * width
-    return round(1 - real / computed, 3)
+sys.path.insert(0, "benchmarks")
+from padding import padding  # noqa: E402 - share of computed target positions that are padding
+
+
+def trimmed(batches):  # (rows, computed rows, width): each batch cut to its longest sentence
+    return ((rows, len(rows), int(lengths[rows].max())) for rows in batches)
 
 
 shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(1)).split(128)
 real_rows = (rows[rows < len(lengths)] for rows, _ in batch_plan(split, 128, None, shuffle=True, seed=1, epoch=1))
-pad_ours = padding((rows, int(lengths[rows].max())) for rows in real_rows)  # CPU batches are trimmed (iterate)
-pad_peer = padding((rows, int(lengths[rows].max())) for rows in shuffled)  # JoeyNMT: shuffled, padded to the longest
+pad_ours = round(padding(trimmed(real_rows), lengths), 3)  # CPU batches are trimmed (iterate)
+pad_peer = round(padding(trimmed(shuffled), lengths), 3)  # JoeyNMT: shuffled, padded to the longest
 peer = json.load(open(f"{work}/peer_out/results.json"))
 peer_epochs = [e["train_tok_per_s"] for e in peer.get("epochs", []) if e.get("train_tok_per_s")]
 ours = [json.loads(line) for line in open(f"{work}/result/peer_joeynmt/metrics.jsonl")]

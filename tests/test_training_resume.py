@@ -39,9 +39,10 @@ def test_a_first_signal_asks_to_stop_a_second_quits_and_exit_restores_the_handle
 @pytest.fixture
 def run(small, tmp_path):
     _, overrides = small
-    cfg = load_config(TINY, overrides + ["train.epochs=2", "train.save_every=1", "train.val_bleu=false"])
+    base = overrides + ["train.save_every=1", "train.val_bleu=false"]
+    cfg = load_config(TINY, base + ["train.epochs=2"])
     roots = {"saved_root": str(tmp_path / "saved"), "result_root": str(tmp_path / "result")}
-    return cfg, roots, tmp_path
+    return cfg, roots, tmp_path, base
 
 
 def _sigterm_after_epoch_1(logs):
@@ -54,7 +55,7 @@ def _sigterm_after_epoch_1(logs):
 
 
 def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(run):
-    cfg, roots, tmp = run
+    cfg, roots, tmp, base = run
     logs = []
     with pytest.raises(TrainingStopped) as stop:
         train(cfg, device="cpu", log=_sigterm_after_epoch_1(logs), **roots)
@@ -70,25 +71,17 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
     logs.clear()
     summary = train(cfg, device="cpu", resume=saved / "last.pt", log=logs.append, **roots)
     assert summary["run"] == "tiny" and 0 < summary["train_seconds"] <= summary["total_seconds"]
-    more = load_config(TINY, [*_overrides(cfg), "train.epochs=3"])  # a longer run: an allowed change
+    more = load_config(TINY, [*base, "train.epochs=3"])  # a longer run: an allowed change
     logs.clear()
     train(more, device="cpu", resume=True, log=logs.append, **roots)
     assert not [line for line in logs if line.startswith("warning")], logs  # the same process count as recorded
     assert any(line.startswith("resuming with a changed train.epochs: 2 -> 3") for line in logs)
 
 
-def _overrides(cfg) -> list[str]:
-    d = cfg.data
-    return [f"data.root={d.root}", "data.corpus=files", f"data.train={d.train}", f"data.valid={d.valid}",
-            f"data.test=[{','.join(d.test)}]", "data.tokenizer=sentencepiece", "data.sp_vocab_size=400",
-            "train.max_tokens=1024", "decode.max_len_a=0", "decode.max_len_b=8", "train.save_every=1",
-            "train.val_bleu=false"]  # fmt: skip
-
-
 def test_a_refused_change_says_which_config_to_resume_with(run):
-    cfg, roots, tmp = run
-    train(load_config(TINY, [*_overrides(cfg), "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
-    other = load_config(TINY, [*_overrides(cfg), "train.epochs=1", "model.d_ff=48"])
+    _, roots, tmp, base = run
+    train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    other = load_config(TINY, [*base, "train.epochs=1", "model.d_ff=48"])
     recorded = tmp / "result" / "tiny" / "config.yaml"
     with pytest.raises(ValueError, match=re.escape(f"(model.d_ff differ); resume it with --config {recorded}")):
         train(other, device="cpu", resume=True, log=lambda *_: None, **roots)
@@ -98,11 +91,11 @@ def test_a_refused_change_says_which_config_to_resume_with(run):
 
 
 def test_plain_resume_takes_the_newest_run_of_this_config_not_a_longer_name(run):
-    cfg, roots, tmp = run
+    _, roots, tmp, base = run
     root = tmp / "saved"
     with pytest.raises(ValueError, match=re.escape(f"{root / 'tiny' / 'last.pt'}: no run named 'tiny' to resume")):
         find_last(root, "tiny")
-    train(load_config(TINY, [*_overrides(cfg), "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
     shutil.copytree(root / "tiny", root / "tiny-2")  # the same config started again
     other = load_checkpoint(root / "tiny" / "last.pt")
     other["config"]["name"] = "tiny-2020"  # an experiment whose name only begins like it

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import tomllib
+from merge import verdicts
+from summarize import listed
 
 HERE = Path(__file__).resolve().parent
 NOT_KILLED = ("survived", "no tests")
@@ -27,17 +29,11 @@ NOT_KILLED = ("survived", "no tests")
 
 def judged() -> set[str]:
     """The mutants equivalent.txt and gpu_only.txt already account for."""
-    lines = [line for name in ("equivalent.txt", "gpu_only.txt") for line in (HERE / name).read_text().splitlines()]
-    return {line.split("#")[0].strip() for line in lines}
+    return listed("equivalent.txt") | listed("gpu_only.txt")
 
 
 def survivors(results: Path) -> list[str]:
-    out = []
-    for line in results.read_text().splitlines():
-        name, sep, state = line.strip().rpartition(": ")
-        if sep and name.startswith("mt_cli") and state.strip() in NOT_KILLED:
-            out.append(name)
-    return out
+    return [name for name, state in verdicts(results).items() if state in NOT_KILLED]
 
 
 def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[str, str, float]:

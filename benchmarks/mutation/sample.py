@@ -10,16 +10,14 @@ import argparse
 import random
 from pathlib import Path
 
+from merge import verdicts
+
 HERE = Path(__file__).resolve().parent
 
 
 def untried(results: Path, exclude: tuple[str, ...]) -> list[str]:
     """Mutant names still 'not checked', minus those whose module matches an excluded prefix."""
-    names = []
-    for line in results.read_text().splitlines():
-        name, sep, state = line.strip().rpartition(": ")
-        if sep and name.startswith("mt_cli") and state.strip() == "not checked" and not name.startswith(exclude):
-            names.append(name)
+    names = [n for n, state in verdicts(results).items() if state == "not checked" and not n.startswith(exclude)]
     return sorted(names)
 
 

@@ -9,6 +9,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from merge import verdicts
+
 KILLED = {"killed", "timeout", "segfault"}  # a mutant a test (or its hang) exposed
 
 
@@ -42,11 +44,7 @@ def samples(folder: Path, status: dict, equivalent: set, gpu_only: set) -> None:
 
 
 def main(results: str, seconds: str) -> None:
-    status = {}
-    for line in Path(results).read_text().splitlines():
-        name, sep, state = line.strip().rpartition(": ")
-        if sep and name.startswith("mt_cli"):
-            status[name] = state.strip()
+    status = verdicts(Path(results))
     by_status = dict(sorted(Counter(status.values()).items()))  # mutmut's own verdicts
     recheck = Path(results).with_name("recheck.txt")  # survivors killed by the whole test selection (recheck.py)
     rechecked = 0
