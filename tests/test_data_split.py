@@ -1,5 +1,5 @@
 """mt_cli.data.split.Split: the name it accepts, the memory it says its matrices take, and filler rows that are
-the same on the resident and the streamed path."""
+the same on the resident and the streamed path, and a split of no pairs."""
 
 from __future__ import annotations
 
@@ -30,3 +30,24 @@ def test_filler_rows_attend_to_one_eos_on_both_paths(prepared):
     filler = resident.src[n].tolist()
     assert filler == [EOS] + [PAD] * (width - 1)  # a row of only padding would attend to nothing
     assert resident.tgt[n].tolist() == [PAD] * (width + 1)
+
+
+def _empty_split(folder):
+    from mt_cli.data.arrays import ArrayWriter, OffsetsWriter, array_path
+
+    for side in ("src", "tgt"):
+        for writer in (
+            ArrayWriter(array_path(folder, "none", side), np.int16),
+            OffsetsWriter(array_path(folder, "none", side, offsets=True)),
+        ):
+            writer.close()
+    return folder / "none"
+
+
+def test_a_split_of_no_pairs_plans_no_batches(tmp_path):
+    from mt_cli.data.batching import batch_plan
+
+    split = Split(_empty_split(tmp_path))
+    for shuffle in (False, True):
+        plan = batch_plan(split, 16, None, shuffle=shuffle)
+        assert len(plan) == 0 and plan.indices().tolist() == [] and plan.indices().dtype == torch.int64

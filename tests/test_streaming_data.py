@@ -83,6 +83,12 @@ def test_workers_and_chunk_size_do_not_change_the_output(tmp_path, pairs, monkey
     assert folder_bytes(one) == folder_bytes(two)
     assert read_lines(two / "train.ref.en") == [normalize(t, DEFAULT_CASE) for _, t in pairs]
     assert read_lines(two / "train.de") == [s for s, _ in pairs]
+    if tokenizer == "sentencepiece":  # a model file records its thread count: one, so --workers cannot show in it
+        from sentencepiece import sentencepiece_model_pb2
+
+        model = sentencepiece_model_pb2.ModelProto()
+        model.ParseFromString(bytes(torch.load(two / "codecs.pt")["src"]["sp_model"].numpy()))
+        assert model.trainer_spec.num_threads == 1
 
 
 def test_a_gzipped_prefix_corpus_is_found_and_equals_the_plain_one(tmp_path, pairs):
