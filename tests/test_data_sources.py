@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import socket
 import threading
 from pathlib import Path
 
@@ -78,6 +79,28 @@ def test_no_network_is_one_line_saying_what_to_do(server, tmp_path):
     message = str(err.value)
     assert message.startswith(f"cannot download {url} (") and "\n" not in message
     assert message.endswith("); offline, pass --source DIR or set MT_MULTI30K_DIR")
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_a_server_that_never_answers_times_out(tmp_path, monkeypatch):
+    listener = socket.create_server(("127.0.0.1", 0))
+    release = threading.Event()
+
+    def accept_and_stall() -> None:  # takes the connection, reads nothing, answers nothing
+        connection, _ = listener.accept()
+        release.wait(10)
+        connection.close()
+
+    threading.Thread(target=accept_and_stall, daemon=True).start()
+    monkeypatch.setattr(sources, "MULTI30K_URL", f"http://127.0.0.1:{listener.getsockname()[1]}/{{file}}")
+    monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.delenv(sources.MULTI30K_ENV, raising=False)
+    try:
+        with pytest.raises(DataError, match="timed out"):  # without a timeout: a hang, then "closed connection"
+            fetch_multi30k([NAME], tmp_path / "raw", None)
+    finally:
+        release.set()
+        listener.close()
     assert leftovers(tmp_path / "raw") == []
 
 

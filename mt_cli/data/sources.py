@@ -17,6 +17,7 @@ from mt_cli.limits import read_bounded
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{file}"
 MULTI30K_ENV = "MT_MULTI30K_DIR"
+DOWNLOAD_TIMEOUT_S = 60  # per blocking read: a server that accepts and never answers must not hang `mt prepare`
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco")
 # SHA-256 of the upstream files (multi30k/dataset, data/task1/raw).
 MULTI30K_SHA256 = {
@@ -60,7 +61,11 @@ def multi30k_splits(src: str, tgt: str) -> list[str]:
 
 def _download(url: str, dest: Path) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=60) as r, atomic_path(dest) as tmp, open(tmp, "wb") as f:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as r,
+            atomic_path(dest) as tmp,
+            open(tmp, "wb") as f,
+        ):
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, leave=False) as bar:
                 for chunk in iter(lambda: r.read(1 << 16), b""):
