@@ -3,12 +3,14 @@
 # the same model (configs/peer_joeynmt.yaml: word level, 3+3 layers, d 256, FFN 512), the whole Multi30k
 # training set (29,000 pairs; N=1280 for the harness's smoke-sized subset), batches of 128 sentences, EPOCHS
 # epochs each, on this machine's cores. Both count non-pad target tokens (with <eos>) per second of training,
-# validation excluded, whole epochs (data loading included). The peer runs its own harness
+# validation excluded, whole epochs (data loading included); and, from each validation, its lowercased sacreBLEU
+# on the raw references, the seconds since the training process started and the validation's own seconds (loss
+# and greedy decoding of the 1,014 sentences in batches of 128, both). The peer runs its own harness
 # (../shared/peers/joeynmt, CPU mode: its SMOKE=2 settings without the 1,280-pair cut). Writes
 # benchmarks/cpu/peer_cpu.json and copies both training logs to benchmarks/cpu/.
 #   JOEY_PY: a python with joeynmt 2.3.0 (see ../shared/peers/joeynmt/README.md), e.g.
 #     python3 -m venv /tmp/joeyenv && /tmp/joeyenv/bin/pip install torch==2.13.0 sacrebleu tensorboard \
-#       matplotlib sentencepiece joblib pyyaml && /tmp/joeyenv/bin/pip install --no-deps joeynmt==2.3.0 \
+#       matplotlib sentencepiece joblib pyyaml tqdm && /tmp/joeyenv/bin/pip install --no-deps joeynmt==2.3.0 \
 #       sacremoses==0.1.1 subword-nmt==0.3.8 importlib_metadata==8.7.0 zipp==3.23.0
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,13 +38,16 @@ done
 SETS=(--set data.corpus=files --set "data.train=$WORK/corpus/train" --set "data.valid=$WORK/corpus/val"
       --set "data.root=$WORK/data" --set "train.epochs=$EPOCHS" --set train.save_every=0
       --set decode.beam_size=1  # the final test is not what this measures: greedy keeps it short
+      --set decode.batch_size=128  # validation decodes in the peer's batches of 128 sentences
       --set train.bucket_width=1)  # CPU batching: exact length buckets (batches are trimmed; no shapes to reuse)
 python -m mt_cli prepare -c configs/peer_joeynmt.yaml "${SETS[@]}" > "$WORK/mt_prepare.log" 2>&1
-python -m mt_cli train -c configs/peer_joeynmt.yaml "${SETS[@]}" --device cpu --saved "$WORK/saved" \
-  --result "$WORK/result" > "$WORK/mt_train.log" 2>&1
+# each line stamped with the seconds since `mt train` started (its log has no clock; the peer's has)
+python benchmarks/stamped.py "$WORK/mt_train.log" -- python -m mt_cli train -c configs/peer_joeynmt.yaml \
+  "${SETS[@]}" --device cpu --saved "$WORK/saved" --result "$WORK/result"
 
 cp "$WORK/peer_out/train.log" benchmarks/cpu/peer_joeynmt_train.log
 cp "$WORK/mt_train.log" benchmarks/cpu/peer_mt_cli_train.log
+cp "$WORK/peer_out/results.json" benchmarks/cpu/peer_joeynmt_results.json
 python - "$WORK" "$EPOCHS" "$N" "${SETS[@]}" <<'PY'
 import json, os, platform, statistics, sys
 import torch
@@ -85,6 +90,9 @@ report = {
                "precision": "fp32", "epoch_seconds": [r["seconds"] for r in ours]},
 }
 report["ratio"] = round(report["mt_cli"]["median"] / report["joeynmt_2_3_0"]["median"], 2)
+from peer_validations import report as validations  # noqa: E402 - BLEU, time since start, validation seconds
+report |= validations(f"{work}/mt_train.log", f"{work}/result/peer_joeynmt/metrics.jsonl",
+                      f"{work}/peer_out/train.log", f"{work}/peer_out/results.json")
 json.dump(report, open("benchmarks/cpu/peer_cpu.json", "w"), indent=1)
 print(json.dumps(report, indent=1))
 PY
