@@ -43,3 +43,29 @@ def test_the_loss_is_the_sum_over_real_target_tokens_on_every_path():
     meta = model.to("meta")
     total, n = loss_sum(meta, src.to("meta"), tgt_in.to("meta"), tgt_out.to("meta"), 0.1)
     assert total.device.type == n.device.type == "meta" and total.shape == n.shape == ()
+
+
+def test_ddp_all_reduces_only_in_the_last_backward_of_an_accumulated_update(tmp_path):
+    """One gloo process in this process: a communication hook counts the gradient buckets DDP all-reduces."""
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from mt_cli.data.batching import Batch
+    from mt_cli.steps import Stepper
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(small_model(src_vocab=20, tgt_vocab=30).train())
+        reduced = []
+        model.register_comm_hook(None, lambda state, bucket: reduced.append(1) or allreduce_hook(state, bucket))
+        params = [p for p in model.parameters() if p.requires_grad]
+        stepper = Stepper(model, torch.optim.Adam(params), params, device=CPU, amp_dtype=torch.float32, clip=1.0,
+                          label_smoothing=0.0, use_graphs=False, log=lambda *_: None)  # fmt: skip
+        batch = Batch(random_ids(2, 5, 20), random_ids(2, 6, 30), random_ids(2, 6, 30), 10, 12)
+        stepper([batch])
+        per_backward = len(reduced)
+        stepper([batch, batch, batch])
+        assert per_backward >= 1 and len(reduced) == 2 * per_backward  # the third backward only
+    finally:
+        dist.destroy_process_group()

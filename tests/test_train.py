@@ -23,7 +23,7 @@ import reliability_support as S  # noqa: E402
 
 from mt_cli.checkpoint import load_checkpoint  # noqa: E402
 from mt_cli.config import load_config  # noqa: E402
-from mt_cli.training import TrainingStopped, train  # noqa: E402
+from mt_cli.training import StopReason, TrainingStopped, train  # noqa: E402
 
 SETS = ["--set", "train.epochs=3", "--set", "train.save_every=4", "--set", "train.keep_last=2"]
 
@@ -154,6 +154,7 @@ def test_divergence_skips_nonfinite_updates_then_stops_with_a_checkpoint(corpus,
     with pytest.raises(TrainingStopped, match=r"3 non-finite losses in a row at step (\d+).*lower train.lr") as e:
         run()
     stop_step = int(re.search(r"at step (\d+)", str(e.value))[1])
+    assert e.value.reason is StopReason.DIVERGED  # what a caller of train() reads instead of the message
     warnings = [x for x in logs if "update(s) skipped for a non-finite" in x]
     assert len(warnings) == 3 and "3 in a row" in warnings[-1]
     ck = load_checkpoint(tmp_path / "saved" / S.RUN / "last.pt")
@@ -349,8 +350,9 @@ def test_training_loop_survives_an_oom_batch_and_stops_on_repeated_oom(corpus, t
 
     monkeypatch.setattr(Stepper, "__call__", flaky)
     cfg, logs, run = _train(corpus, tmp_path, "train.max_oom=3", "train.val_bleu=false")
-    with pytest.raises(TrainingStopped, match=r"out of memory 3 times in a row; lower train.max_tokens"):
+    with pytest.raises(TrainingStopped, match=r"out of memory 3 times in a row; lower train.max_tokens") as e:
         run()
+    assert e.value.reason is StopReason.OOM
     oom_logs = [x for x in logs if "out of memory on a batch of shape" in x]
     assert len(oom_logs) == 4 and "(1 in a row)" in oom_logs[0] and "(3 in a row)" in oom_logs[-1]
     ck = load_checkpoint(tmp_path / "saved" / S.RUN / "last.pt")

@@ -292,7 +292,8 @@ def test_init_from_starts_a_new_run_from_the_weights_and_refuses_another_model(c
         *[x for s in sets + ["train.lr=1e-12"] for x in ("--set", s)],
     )
     assert code == 0, err
-    assert "starting from the weights of" in err
+    best_epoch = load_checkpoint(best)["epoch"]
+    assert f"starting from the weights of {best} (epoch {best_epoch}), with a fresh optimizer and schedule" in err
     tuned = load_checkpoint(tmp_path / "saved" / f"{S.RUN}-2" / "last.pt")
     start = load_checkpoint(best)["model"]
     assert all(torch.allclose(tuned["model"][k].float(), v.float(), atol=1e-6) for k, v in start.items())
@@ -344,6 +345,19 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
     # a run that ends soon says nothing; durations read as people say them
     assert DurationEstimate(40, clock=iter([0.0, 25.0]).__next__, skip=5, measure=25).after_step() is None
     assert (human_duration(9 * 3600 + 300), human_duration(1200), human_duration(5)) == ("9.1 h", "20 min", "1 min")
+    assert (human_duration(3599), human_duration(3600)) == ("60 min", "1.0 h")  # hours from the full hour
+
+
+def test_the_estimate_points_to_the_cpu_recipe_except_in_the_cpu_recipe():
+    from mt_cli.training.estimate import DurationEstimate
+
+    def line(config_name: str) -> str:  # 30 steps of 1 s, 100,000 to go: a line worth saying
+        estimate = DurationEstimate(100_000, config_name, clock=iter([0.0, 25.0]).__next__)
+        return [estimate.after_step() for _ in range(30)][-1]
+
+    hint = "; `-c configs/multi30k_cpu.yaml` trains in about 17 minutes on 2 cores"
+    assert hint in line("multi30k") and hint not in line("multi30k_cpu")
+    assert line("multi30k_cpu").endswith("validation not included). The run continues.")
 
 
 def test_steps_to_go_counts_updates_to_the_end_of_the_run(corpus, tmp_path):

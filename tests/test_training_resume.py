@@ -13,7 +13,7 @@ from conftest import TINY
 
 from mt_cli.checkpoint import load_checkpoint, save_state
 from mt_cli.config import load_config
-from mt_cli.training import TrainingStopped, train
+from mt_cli.training import StopReason, TrainingStopped, train
 from mt_cli.training.resume import find_last
 from mt_cli.training.signals import Signals
 
@@ -65,6 +65,9 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
         f"--device cpu"
     )
     assert str(stop.value).startswith(f"SIGTERM received: saved {saved / 'last.pt'} at epoch 2, step ")
+    assert stop.value.reason is StopReason.SIGNAL
+    # one process: a second signal quits at once (under torchrun each worker gets every signal twice)
+    assert "SIGTERM received: finishing this step, then saving (send it again to quit at once)" in logs
     assert str(stop.value).endswith(f"continue with `{command}`")
     last = load_checkpoint(saved / "last.pt")
     assert last["epoch"] == 2  # saved in the middle of the epoch under way
