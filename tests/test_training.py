@@ -348,6 +348,14 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
     assert (human_duration(3599), human_duration(3600)) == ("60 min", "1.0 h")  # hours from the full hour
 
 
+def test_a_cpu_run_estimates_from_its_first_epoch_all_the_steps_to_go(corpus, tmp_path):
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.epochs=3", "train.val_bleu=false")
+        assert trainer.estimate is None
+        trainer.train_epoch(1)
+    assert (trainer.estimate.steps_to_go, trainer.estimate.config_name) == (3 * 22, trainer.cfg.name)
+
+
 def test_the_estimate_points_to_the_cpu_recipe_except_in_the_cpu_recipe():
     from mt_cli.training.estimate import DurationEstimate
 

@@ -108,3 +108,16 @@ def test_plain_resume_takes_the_newest_run_of_this_config_not_a_longer_name(run)
     os.utime(root / "tiny-2" / "last.pt", ns=(newest - 10**9, newest - 10**9))
     os.utime(root / "tiny" / "last.pt", ns=(newest - 2 * 10**9, newest - 2 * 10**9))
     assert find_last(root, "tiny") == root / "tiny-2" / "last.pt"
+
+
+def test_a_signal_after_the_last_validation_skips_the_final_test(run):
+    """max_steps ends the run after epoch 1; SIGTERM comes as its validation ends: saved, and no final test."""
+    _, roots, tmp, base = run
+    logs = []
+    with pytest.raises(TrainingStopped) as stop:
+        train(load_config(TINY, base + ["train.epochs=3", "train.max_steps=1"]), device="cpu",
+              log=_sigterm_after_epoch_1(logs), **roots)  # fmt: skip
+    last = tmp / "saved" / "tiny" / "last.pt"
+    assert str(stop.value).startswith(f"SIGTERM received: training is saved in {last}; the final test was skipped")
+    assert stop.value.reason is StopReason.SIGNAL and load_checkpoint(last)["step"] == 1
+    assert not [line for line in logs if line.startswith("testing ")]
