@@ -19,7 +19,6 @@ from mt_cli.training.rng import seed_all
 @dataclass
 class Components:
     model: Transformer  # the plain module: checkpoints, validation, decoding
-    net: torch.nn.Module  # what the steps run: the model, DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     schedule: LRSchedule
     scaler: torch.amp.GradScaler | None  # fp16 only
@@ -45,7 +44,7 @@ def build_components(
     optimizer = build_optimizer(params, cfg.train, device)
     schedule = LRSchedule(optimizer, cfg.train)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    net = distributed.wrap(model, device)
+    net = distributed.wrap(model, device)  # what the steps run: the model, DDP-wrapped and/or compiled
     if cfg.train.compile:
         net = torch.compile(net)
     # one process only: a DDP step synchronizes gradients in hooks a captured graph would replay blindly
@@ -69,4 +68,4 @@ def build_components(
         scaler=scaler,
         log=log,
     )
-    return Components(model, net, optimizer, schedule, scaler, stepper, amp_dtype, device)
+    return Components(model, optimizer, schedule, scaler, stepper, amp_dtype, device)  # the Stepper holds `net`
