@@ -356,6 +356,21 @@ def test_a_cpu_run_estimates_from_its_first_epoch_all_the_steps_to_go(corpus, tm
     assert (trainer.estimate.steps_to_go, trainer.estimate.config_name) == (3 * 22, trainer.cfg.name)
 
 
+def test_validation_decodes_at_the_validation_beam_not_the_test_beam(corpus, tmp_path):
+    """References set to the (untrained) model's own greedy output: a greedy validation scores BLEU 100, beam 4 not."""
+    from mt_cli.evaluate import decode_split
+
+    cpu = torch.device("cpu")
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "decode.beam_size=4", "train.val_beam_size=1", "train.lr=1e-9")
+        progress = trainer.train_epoch(1)
+        model, codecs, cfg, split = trainer.parts.model, trainer.codecs, trainer.cfg, trainer.valid_split
+        greedy, beam = (decode_split(model, codecs, cfg, split, cpu, k) for k in (1, 4))
+        trainer.valid_refs = greedy
+        record = trainer.validate(1, progress, trainer.epoch_totals(1))
+    assert greedy != beam and record.val_bleu == 100.0
+
+
 def test_the_estimate_points_to_the_cpu_recipe_except_in_the_cpu_recipe():
     from mt_cli.training.estimate import DurationEstimate
 
