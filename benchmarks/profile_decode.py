@@ -31,7 +31,7 @@ def main() -> None:
     model, cfg, _ = load_for_inference(args.checkpoint, dev)
     if args.data_root:
         cfg.data.root = args.data_root
-    data, _, _ = load_eval_split(cfg, args.split)
+    data, _ = load_eval_split(cfg, args.split)
     src = data.source_rows(torch.arange(len(data)))
     batch = src[(src != PAD).sum(1).argsort(descending=True)[: args.rows or cfg.decode.batch_size]]
     amp = resolve_precision("auto", dev)

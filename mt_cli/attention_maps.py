@@ -185,7 +185,7 @@ def split_items(model, codecs: dict, cfg, split: str, device, beam_size: int, li
     from mt_cli.decode import translate_ids
     from mt_cli.evaluate import load_eval_split
 
-    data, _, _ = load_eval_split(cfg, split)
+    data, _ = load_eval_split(cfg, split)
     rows = torch.arange(min(limit, len(data)))
     if not len(rows):
         return []

@@ -78,7 +78,7 @@ def bench_training(cfg: Config, dev: torch.device, steps: int, log=print) -> dic
 def bench_translation(model, cfg: Config, codecs, dev: torch.device, split: str, beams: list[int]) -> dict:
     """Sentences/s decoding the whole split, per beam size, after a warm-up; the first (cold) call is
     reported too: it pays for kernel loading and the allocator's first blocks of each size."""
-    data, _, _ = load_eval_split(cfg, split)
+    data, _ = load_eval_split(cfg, split)
     amp = resolve_precision("auto", dev)
     src = data.source_rows(torch.arange(len(data)))
     longest = src[(src != PAD).sum(1).argsort(descending=True)[: cfg.decode.batch_size]]

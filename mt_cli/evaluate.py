@@ -43,8 +43,8 @@ def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> floa
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str]]:
-    """A prepared split: ids, source text, and references (normalized like training)."""
+def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str]]:
+    """A prepared split: ids and references (normalized like training)."""
     folder = corpus_dir(cfg.data)
     if not has_split(folder, split):
         have = split_names(folder)
@@ -55,10 +55,8 @@ def load_eval_split(cfg: Config, split: str) -> tuple[Split, list[str], list[str
         )
         raise DataError(f"{folder}: no split {split!r} ({hint})")
     data = Split(folder / split, cfg.train.bucket_width, resident_max_mb=cfg.data.resident_max_mb)
-    src_lang, tgt_lang = split_langs(cfg.data, split)  # a multilingual corpus: the split's own direction
-    src = read_lines(folder / f"{split}.{src_lang}")
-    refs = read_lines(folder / f"{split}.ref.{tgt_lang}")
-    return data, src, refs
+    _, tgt_lang = split_langs(cfg.data, split)  # a multilingual corpus: the split's own direction
+    return data, read_lines(folder / f"{split}.ref.{tgt_lang}")
 
 
 def decode_rows(model, src: torch.Tensor, cfg: Config, device, beam_size: int, amp_dtype=None) -> list:
@@ -103,7 +101,7 @@ def evaluate_splits(
         made = " + ".join(datetime.fromtimestamp(Path(f).stat().st_mtime).isoformat() for f in files)
     loaded = {split: load_eval_split(cfg, split) for split in splits}  # a bad --split fails before any work
     report, hyps = {}, {}
-    for split, (data, _, refs) in loaded.items():
+    for split, (data, refs) in loaded.items():
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -188,6 +188,9 @@ def test_a_split_report_and_its_log_line_agree_with_sacrebleu(trained, small, tm
     assert r["beam_size"] == 2 and r["engine"] == "pytorch"
     seconds = r["seconds"]  # rounded to 1 ms; the speed is of the unrounded time
     assert 30 / (seconds + 0.0005) - 0.05 <= r["sentences_per_s"] <= 30 / max(seconds - 0.0005, 1e-9) + 0.05
+    # the report's precision: milliseconds, and tenths of a sentence per second (a float, not an int)
+    assert seconds == round(seconds, 3) and isinstance(r["sentences_per_s"], float)
+    assert r["sentences_per_s"] == round(r["sentences_per_s"], 1)
     from datetime import datetime
 
     assert r["checkpoint"] == str(best)
