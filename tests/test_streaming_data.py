@@ -87,7 +87,7 @@ def test_workers_and_chunk_size_do_not_change_the_output(tmp_path, pairs, monkey
         from sentencepiece import sentencepiece_model_pb2
 
         model = sentencepiece_model_pb2.ModelProto()
-        model.ParseFromString(bytes(torch.load(two / "codecs.pt")["src"]["sp_model"].numpy()))
+        model.ParseFromString(bytes(torch.load(two / "codecs.pt", weights_only=True)["src"]["sp_model"].numpy()))
         assert model.trainer_spec.num_threads == 1
 
 
