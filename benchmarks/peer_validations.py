@@ -13,25 +13,27 @@ import sys
 from datetime import datetime
 
 STAMP = re.compile(r"^\[\s*([\d.]+)s\] ")  # benchmarks/stamped.py's prefix
-MT_EPOCH = re.compile(r"^epoch\s+(\d+)\s+train .*val BLEU [\d.]+ \(lc ([\d.]+)\)")
+MT_EPOCH = re.compile(r"^epoch\s+(\d+)\s+train ")
 JOEY_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) - ")
 
 
 def mt_cli_rows(stamped_log: str, metrics: str) -> list[dict]:
-    """One row per epoch: the stamp of its epoch line (printed once validation has ended) and its metrics."""
+    """One row per epoch: the stamp of its epoch line (printed once validation has ended), the rest from its metrics."""
     stamps = {}
     for raw in open(stamped_log, "rb"):  # binary: text mode would also split lines at tqdm's carriage returns
         line = raw.decode(errors="replace")
         if stamp := STAMP.match(line):  # tqdm's bar and a carriage return may come before the epoch line
             if m := MT_EPOCH.match(line[stamp.end() :].rsplit("\r", 1)[-1].strip()):
-                stamps[int(m.group(1))] = (float(stamp.group(1)), float(m.group(2)))
-    rows = []
-    for record in map(json.loads, open(metrics)):
-        since_start, bleu_lc = stamps[record["epoch"]]
-        assert abs(bleu_lc - record["val_bleu_lc"]) < 0.01, (bleu_lc, record)
-        rows.append(dict(epoch=record["epoch"], bleu_lc=bleu_lc, since_start_s=since_start,
-                         validation_s=round(record["val_seconds"], 1)))  # fmt: skip
-    return rows
+                stamps[int(m.group(1))] = float(stamp.group(1))
+    return [
+        dict(
+            epoch=r["epoch"],
+            bleu_lc=r["val_bleu_lc"],
+            since_start_s=stamps[r["epoch"]],
+            validation_s=round(r["val_seconds"], 1),
+        )
+        for r in map(json.loads, open(metrics))
+    ]
 
 
 def joeynmt_rows(train_log: str, results: str) -> list[dict]:
