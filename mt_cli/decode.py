@@ -196,10 +196,11 @@ def beam_search(
 DECODE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
+def autocast_for(device: torch.device, dtype: torch.dtype | None, cache: bool = True):
+    """Autocast to `dtype`, none for fp32 or None (a bare torch.autocast on the CPU would pick bfloat16)."""
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 @torch.no_grad()

@@ -19,10 +19,10 @@ from mt_cli.data.multilingual import split_langs
 from mt_cli.data.prepare import corpus_dir
 from mt_cli.data.sources import DataError, read_lines
 from mt_cli.data.vocab import PAD
-from mt_cli.decode import translate_ids
+from mt_cli.decode import autocast_for, translate_ids
 from mt_cli.metrics import format_table, score  # noqa: F401 - format_table: the CLI's table of these reports
 from mt_cli.safe_parse import read_json_or_none
-from mt_cli.steps import autocast, loss_sum
+from mt_cli.steps import loss_sum
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def validation_loss(model, split: Split, cfg: Config, device, amp_dtype) -> floa
     plan = batch_plan(split, None, cfg.train.max_tokens or 4096, shuffle=False, fill=False)
     plan = plan[distributed.rank() :: distributed.world()]
     for b in iterate(split, plan, device):
-        with autocast(device, amp_dtype):
+        with autocast_for(device, amp_dtype):
             loss, n = loss_sum(model, b.src, b.tgt_in, b.tgt_out, 0.0)
         total += torch.stack([loss.float(), n.float()])
     model.train()

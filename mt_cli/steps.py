@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from mt_cli.data.batching import Batch
 from mt_cli.data.vocab import PAD
+from mt_cli.decode import autocast_for
 
 # slots of Stepper.acc, the device tensor the steps accumulate into without a host sync
 LOSS, TOKENS, SKIPPED, BAD_RUN, STEPS = range(5)
@@ -42,12 +43,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def loss_sum(model, src, tgt_in, tgt_out, label_smoothing: float):
@@ -117,7 +112,7 @@ class Stepper:
     def _forward_backward(self, src, tgt_in, tgt_out, cache_autocast: bool, tokens: int | None = None):
         """Summed loss of one batch, divided by the target tokens of the whole update, then backward.
         `tokens` is a host number when gradients accumulate over batches; None: this batch's (a device tensor)."""
-        with autocast(self.device, self.amp_dtype, cache_autocast):
+        with autocast_for(self.device, self.amp_dtype, cache_autocast):
             total, ntok = loss_sum(self.model, src, tgt_in, tgt_out, self.label_smoothing)
         loss = total / (ntok.clamp(min=1) if tokens is None else max(tokens, 1))
         if self.scaler is not None:

@@ -165,7 +165,8 @@ def test_the_validation_loss_is_the_token_mean_of_each_sentence_scored_alone(tra
             total -= logp.gather(1, tgt[0, 1:, None]).sum().item()
             tokens += tgt.shape[1] - 1
         model.train()
-    assert validation_loss(model, split, cfg, CPU, None) == pytest.approx(total / tokens, rel=1e-5)
+    # fp32 throughout: a bare CPU autocast (bfloat16) is off by ~2e-5 here
+    assert validation_loss(model, split, cfg, CPU, None) == pytest.approx(total / tokens, rel=1e-6)
     assert model.training
 
 
