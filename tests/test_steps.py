@@ -29,6 +29,16 @@ def test_auto_and_fp32_on_the_cpu_are_fp32_without_a_warning(precision):
         assert resolve_precision(precision, CPU) == torch.float32
 
 
+def test_on_a_cuda_device_each_precision_is_its_dtype_and_auto_prefers_bf16(monkeypatch):
+    """The choice needs no GPU: a device object, and the bf16 capability as the GPU would report it."""
+    cuda = torch.device("cuda")
+    expected = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    assert {p: resolve_precision(p, cuda) for p in expected} == expected
+    for supported, dtype in ((True, torch.bfloat16), (False, torch.float16)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, answer=supported: answer)
+        assert resolve_precision("auto", cuda) == dtype
+
+
 def test_the_loss_is_the_sum_over_real_target_tokens_on_every_path():
     model = small_model(src_vocab=20, tgt_vocab=30)
     src, tgt_in, tgt_out = random_ids(3, 5, 20), random_ids(3, 6, 30), random_ids(3, 6, 30)

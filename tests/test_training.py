@@ -20,6 +20,7 @@ from mt_cli.checkpoint import load_checkpoint  # noqa: E402
 from mt_cli.config import load_config  # noqa: E402
 from mt_cli.data.prepare import load_corpus  # noqa: E402
 from mt_cli.evaluate import validation_loss  # noqa: E402
+from mt_cli.steps import StepTotals  # noqa: E402
 from mt_cli.training import StopReason, TrainingStopped, train  # noqa: E402
 from mt_cli.training.components import build_components  # noqa: E402
 from mt_cli.training.records import EpochRecord  # noqa: E402
@@ -157,6 +158,9 @@ def test_checkpointer_writes_best_epoch_and_last_in_order_and_rewrites_last_with
         assert RunState.from_dict(last["train_state"]["progress"]) == trainer.state.at(2, 0)
         assert "train_state" not in load_checkpoint(saved / "best.pt")
         assert last["metrics"]["val_loss"] == 2.0
+        for name in ("best.pt", "epoch_0001.pt"):  # each file names the epoch and update it holds
+            held = load_checkpoint(saved / name)
+            assert (held["epoch"], held["step"], held["metrics"]["step"]) == (1, 10, 10), name
 
         # a mid-epoch stop: last.pt at the stop, then the same point again with the epoch's validation
         stop = trainer.state.at(2, 7)
@@ -390,3 +394,50 @@ def test_steps_to_go_counts_updates_to_the_end_of_the_run(corpus, tmp_path):
         assert trainer.rules.steps_to_go(trainer.state, 2, 22, 20) == 1 + 6
         trainer.cfg.train.max_steps, trainer.state.step = 10, 7
         assert trainer.rules.steps_to_go(trainer.state, 1, 22, 0) == 3
+
+
+def test_an_epoch_record_rounds_as_documented_and_counts_every_process():
+    """Two processes, each 300 source + 200 target tokens in 2.5 s: 400 target tokens per second in all."""
+    totals = StepTotals(loss=12.34567, tokens=3.0, skipped=1.0, bad_run=0.0, steps=5.0)
+    record = EpochRecord.measure(epoch=3, step=40, elapsed=61.26, totals=totals, seconds=2.5, n_src=300, n_tgt=200,
+                                 val_loss=1.234567, val_bleu=20.5, val_bleu_lc=21.0, val_seconds=0.4567, lr=1e-3,
+                                 world=2)  # fmt: skip
+    assert (record.tokens_per_s, record.tgt_tokens_per_s) == ((300 + 200) * 2 / 2.5, 200 * 2 / 2.5)
+    assert (record.seconds, record.val_seconds, record.elapsed) == (2.5, 0.46, 61.3)
+    assert (record.train_loss, record.val_loss, record.steps, record.skipped) == (4.1152, 1.2346, 5, 1)
+    assert record.val_ppl == round(math.exp(1.234567), 3)
+
+
+def test_a_run_logs_its_start_records_its_config_and_returns_its_summary(corpus, tmp_path):
+    import json
+
+    from mt_cli.checkpoint import restore
+
+    cfg, logs = load_config(corpus, ["train.epochs=1", "train.val_bleu=false"]), []
+    summary = train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),
+                    log=logs.append)  # fmt: skip
+    saved, result = tmp_path / "saved" / cfg.name, tmp_path / "result" / cfg.name
+    model = restore(load_checkpoint(saved / "best.pt"))[0]
+    parameters = sum(p.numel() for p in model.parameters())
+    pairs = len((corpus.parent / "train.tsv").read_text(encoding="utf-8").splitlines())
+    start = f"run {cfg.name}: {parameters / 1e6:.2f}M parameters, device cpu, precision float32, eager steps"
+    assert f"{start}, {pairs} training pairs" in logs
+    assert load_config(result / "config.yaml").to_dict() == cfg.to_dict()  # it reproduces the run
+    metrics = [json.loads(line) for line in (result / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {k: summary[k] for k in ("run", "saved", "result", "parameters", "processes", "rank")} == {
+        "run": cfg.name, "saved": str(saved), "result": str(result), "parameters": parameters, "processes": 1,
+        "rank": 0}  # fmt: skip
+    assert (summary["best_epoch"], summary["best_val_loss"], summary["skipped_updates"]) == (
+        1, metrics[0]["val_loss"], 0)  # fmt: skip
+    assert 0 < summary["train_seconds"] <= summary["total_seconds"] == round(summary["total_seconds"], 1)
+    assert json.loads((result / "summary.json").read_text(encoding="utf-8")) == summary
+
+
+def test_save_every_writes_last_pt_at_each_multiple_of_its_steps(corpus, tmp_path):
+    """22 updates in the epoch, save_every 5: last.pt holds the state after update 20, batch 20 of epoch 1."""
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.save_every=5")
+        trainer.train_epoch(1)
+        writer.flush()
+    progress = RunState.from_dict(load_checkpoint(tmp_path / "saved" / "last.pt")["train_state"]["progress"])
+    assert (trainer.state.step, progress.epoch, progress.position, progress.step) == (22, 1, 20, 20)

@@ -7,14 +7,17 @@ import os
 import re
 import shutil
 import signal
+from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY
 
 from mt_cli.checkpoint import load_checkpoint, save_state
 from mt_cli.config import load_config
 from mt_cli.training import StopReason, TrainingStopped, train
-from mt_cli.training.resume import find_last
+from mt_cli.training.resume import check_resume, find_last, resume_command
+from mt_cli.training.rng import rng_state, set_rng_state
 from mt_cli.training.signals import Signals
 
 
@@ -85,8 +88,9 @@ def test_a_refused_change_says_which_config_to_resume_with(run):
     _, roots, tmp, base = run
     train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
     other = load_config(TINY, [*base, "train.epochs=1", "model.d_ff=48"])
-    recorded = tmp / "result" / "tiny" / "config.yaml"
-    with pytest.raises(ValueError, match=re.escape(f"(model.d_ff differ); resume it with --config {recorded}")):
+    recorded, last = tmp / "result" / "tiny" / "config.yaml", tmp / "saved" / "tiny" / "last.pt"
+    refused = f"{last}: the run was started with another config (model.d_ff differ); resume it with --config {recorded}"
+    with pytest.raises(ValueError, match=f"^{re.escape(refused)}$"):
         train(other, device="cpu", resume=True, log=lambda *_: None, **roots)
     recorded.unlink()
     with pytest.raises(ValueError, match="resume it with the config it was started with$"):
@@ -121,3 +125,38 @@ def test_a_signal_after_the_last_validation_skips_the_final_test(run):
     assert str(stop.value).startswith(f"SIGTERM received: training is saved in {last}; the final test was skipped")
     assert stop.value.reason is StopReason.SIGNAL and load_checkpoint(last)["step"] == 1
     assert not [line for line in logs if line.startswith("testing ")]
+
+
+def test_a_refusal_names_four_changed_keys_then_an_ellipsis(small, tmp_path):
+    _, overrides = small
+    cfg, last = load_config(TINY, overrides), Path("x/last.pt")
+    five = ["model.d_ff=48", "model.d_model=48", "model.dec_layers=2", "model.dropout=0.2", "model.enc_layers=2"]
+    first_four = "model.d_ff, model.d_model, model.dec_layers, model.dropout"  # sorted
+    for changes, tail in ((five, " …"), (five[:4], " differ")):
+        started = load_config(TINY, overrides + changes).to_dict()
+        with pytest.raises(
+            ValueError, match=re.escape(f"{last}: the run was started with another config ({first_four}{tail}")
+        ):
+            check_resume({"train_state": {}, "config": started}, cfg, last, tmp_path, print)
+
+
+def test_the_resume_command_of_several_processes_is_a_torchrun_one():
+    saved, result = Path("saved/tiny"), Path("result/tiny")
+    config = f"train --config {result / 'config.yaml'} --resume-from {saved / 'last.pt'}"
+    assert resume_command(saved, result, "result", "auto") == f"mt {config}"
+    assert resume_command(saved, result, "out", "cuda", world=2) == (
+        f"torchrun <the same torchrun options> -m mt_cli {config} --result out --device cuda"
+    )
+
+
+def test_every_generator_state_is_saved_and_restored():
+    """Python's, torch's and numpy's generators draw the same numbers again after a restore."""
+    import random
+
+    import numpy as np
+
+    cpu = torch.device("cpu")
+    saved = rng_state(cpu)
+    drawn = (random.random(), torch.rand(3).tolist(), np.random.rand(3).tolist())
+    set_rng_state(saved, cpu)
+    assert (random.random(), torch.rand(3).tolist(), np.random.rand(3).tolist()) == drawn
