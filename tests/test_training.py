@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import signal
 import sys
 from pathlib import Path
@@ -406,6 +407,15 @@ def test_an_epoch_record_rounds_as_documented_and_counts_every_process():
     assert (record.seconds, record.val_seconds, record.elapsed) == (2.5, 0.46, 61.3)
     assert (record.train_loss, record.val_loss, record.steps, record.skipped) == (4.1152, 1.2346, 5, 1)
     assert record.val_ppl == round(math.exp(1.234567), 3)
+    assert record.console_line(improved=True) == (
+        f"epoch   3  train 4.115  val 1.235 (ppl {record.val_ppl:.2f})  val BLEU 20.50 (lc 21.00)  lr 1.00e-03  "
+        "2.5s+0.5s  0.2k tgt tok/s  *"  # 160 target tokens per second
+    )
+    plain = dataclasses.replace(record, val_bleu=None, val_bleu_lc=None, epoch=12)
+    assert plain.console_line(improved=False).startswith("epoch  12  train 4.115  val 1.235 (ppl 3.44)  lr 1.00e-03")
+    assert plain.console_line(improved=False).endswith("tgt tok/s")
+    # the metrics line keeps no-BLEU epochs' null BLEU, leaves out other unset fields
+    assert plain.to_dict()["val_bleu"] is None and "processes" not in plain.to_dict()
 
 
 def test_a_run_logs_its_start_records_its_config_and_returns_its_summary(corpus, tmp_path):
@@ -441,3 +451,39 @@ def test_save_every_writes_last_pt_at_each_multiple_of_its_steps(corpus, tmp_pat
         writer.flush()
     progress = RunState.from_dict(load_checkpoint(tmp_path / "saved" / "last.pt")["train_state"]["progress"])
     assert (trainer.state.step, progress.epoch, progress.position, progress.step) == (22, 1, 20, 20)
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step():
+    signals = Signals(log=lambda *_: None)
+    signals.refuse_before_training()  # no signal: nothing happens
+    signals.hit = "SIGINT"
+    with pytest.raises(TrainingStopped, match="^SIGINT received before training started; nothing was saved$") as stop:
+        signals.refuse_before_training()
+    assert stop.value.reason is StopReason.SIGNAL
+
+
+def test_init_from_names_the_first_model_key_that_differs_and_a_vocabulary_that_does(corpus, tmp_path):
+    from mt_cli.checkpoint import CheckpointError, checkpoint_state, save_state
+    from mt_cli.training.resume import initial_weights
+
+    cfg = load_config(corpus, [f"train.init_from={tmp_path / 'start.pt'}"])
+    codecs = load_corpus(cfg, cfg.train.bucket_width)[0]
+    weights = {"w": torch.zeros(1)}  # initial_weights checks the model settings and vocabularies, not the tensors
+
+    def start_from(model_sets: list[str], tgt_extra: list[str]) -> str:
+        saved = checkpoint_state(weights=weights, cfg=load_config(corpus, model_sets), codecs=codecs, epoch=3, step=9)
+        saved["codecs"]["tgt"]["itos"] += tgt_extra
+        save_state(tmp_path / "start.pt", saved)
+        return str(tmp_path / "start.pt")
+
+    path = start_from(["model.d_ff=48", "model.n_heads=4"], [])
+    refused = f"{path}: train.init_from needs the same model; model.d_ff differs (2 key(s)); use the checkpoint's model"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(refused)} settings$"):
+        initial_weights(cfg, codecs, print)
+    path, n = start_from([], ["extra"]), len(codecs["tgt"].vocab.itos)
+    refused = f"{path}: train.init_from needs the same tgt vocabulary as the prepared corpus ({n + 1} vs {n} tokens)"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(refused)}; prepare the new data with the checkpoint's"):
+        initial_weights(cfg, codecs, print)
+    logs, path = [], start_from([], [])
+    assert initial_weights(cfg, codecs, logs.append).keys() == {"w"}
+    assert logs == [f"starting from the weights of {path} (epoch 3), with a fresh optimizer and schedule"]

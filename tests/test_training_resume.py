@@ -76,6 +76,8 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
     assert last["epoch"] == 2  # saved in the middle of the epoch under way
     logs.clear()
     summary = train(cfg, device="cpu", resume=saved / "last.pt", log=logs.append, **roots)
+    progress = last["train_state"]["progress"]
+    assert f"resuming {saved / 'last.pt'}: epoch 2, step {progress['step']}, batch {progress['position']}" in logs
     assert summary["run"] == "tiny" and 0 < summary["train_seconds"] <= summary["total_seconds"]
     more = load_config(TINY, [*base, "train.epochs=3"])  # a longer run: an allowed change
     logs.clear()
