@@ -250,7 +250,8 @@ def test_resuming_an_early_stopped_run_only_tests_it(corpus, tmp_path):
     logs.clear()
     again = _resume(cfg, tmp_path, logs)
     assert S.metrics(tmp_path / "result" / S.RUN) == recs
-    assert any("already reached early stopping" in x for x in logs) and not any(x.startswith("epoch") for x in logs)
+    only_test = "; raise it to train longer (now only the final test runs)"
+    assert f"the run already reached early stopping{only_test}" in logs and not any(x.startswith("epoch") for x in logs)
     assert again["best_epoch"] == 1 and again["test"]["test"]["bleu"] == first["test"]["test"]["bleu"]
 
 
@@ -267,6 +268,7 @@ def test_resuming_a_run_stopped_by_max_steps_mid_epoch_keeps_its_last_epoch(corp
     started = config_json.stat().st_mtime_ns
     again = _resume(cfg, tmp_path, logs)
     assert S.metrics(tmp_path / "result" / S.RUN) == recs and again["best_epoch"] == 2
+    assert "the run already reached train.max_steps=30; raise it to train longer (now only the final test runs)" in logs
     assert config_json.stat().st_mtime_ns == started  # same config: not rewritten (`mt runs` orders by it)
     longer = load_config(corpus, ["train.epochs=3", "train.max_steps=50", "train.val_bleu=false", "decode.beam_size=1"])
     _resume(longer, tmp_path, logs)

@@ -432,6 +432,8 @@ def test_a_run_logs_its_start_records_its_config_and_returns_its_summary(corpus,
     pairs = len((corpus.parent / "train.tsv").read_text(encoding="utf-8").splitlines())
     start = f"run {cfg.name}: {parameters / 1e6:.2f}M parameters, device cpu, precision float32, eager steps"
     assert f"{start}, {pairs} training pairs" in logs
+    _, train_split, valid_split, _ = load_corpus(cfg, cfg.train.bucket_width)
+    assert f"batches: {train_split.description}; {valid_split.description}" in logs
     assert load_config(result / "config.yaml").to_dict() == cfg.to_dict()  # it reproduces the run
     metrics = [json.loads(line) for line in (result / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {k: summary[k] for k in ("run", "saved", "result", "parameters", "processes", "rank")} == {
@@ -487,3 +489,34 @@ def test_init_from_names_the_first_model_key_that_differs_and_a_vocabulary_that_
     logs, path = [], start_from([], [])
     assert initial_weights(cfg, codecs, logs.append).keys() == {"w"}
     assert logs == [f"starting from the weights of {path} (epoch 3), with a fresh optimizer and schedule"]
+
+
+def test_each_metrics_line_is_what_that_epochs_checkpoint_scores(corpus, tmp_path):
+    """Two epochs with BLEU: each line's loss and BLEU recomputed from its epoch_*.pt (sacreBLEU on the model's
+    greedy output against the raw references), its console line, and best.pt the lower loss's weights."""
+    from sacrebleu.metrics import BLEU
+
+    from mt_cli.checkpoint import restore
+    from mt_cli.evaluate import decode_split
+
+    cpu, logs = torch.device("cpu"), []
+    cfg = load_config(corpus, ["train.epochs=2", "train.keep_last=2", "train.lr=3e-3", "train.val_beam_size=1"])
+    train(cfg, device="cpu", saved_root=str(tmp_path / "saved"), result_root=str(tmp_path / "result"),
+          log=logs.append)  # fmt: skip
+    saved, lines = tmp_path / "saved" / cfg.name, S.metrics(tmp_path / "result" / cfg.name)
+    codecs, _, valid, _ = load_corpus(cfg, cfg.train.bucket_width)
+    refs = [line.split("\t")[1] for line in (corpus.parent / "valid.tsv").read_text(encoding="utf-8").splitlines()]
+    best = None
+    for line in lines:
+        model = restore(load_checkpoint(saved / f"epoch_{line['epoch']:04d}.pt"))[0].eval()
+        assert line["val_loss"] == round(validation_loss(model, valid, cfg, cpu, torch.float32), 4)
+        hyps = decode_split(model, codecs, cfg, valid, cpu, 1)
+        assert line["val_bleu"] == pytest.approx(BLEU().corpus_score(hyps, [refs]).score, abs=0.01)
+        assert line["step"] == 22 * line["epoch"] and line["steps"] == 22
+        improved = best is None or line["val_loss"] < best["val_loss"]  # best_metric: val_loss by default
+        best = line if improved else best
+        assert EpochRecord(**line).console_line(improved) in logs
+    assert lines[1]["elapsed"] > lines[0]["elapsed"] > 0
+    best_of = saved / f"epoch_{best['epoch']:04d}.pt"
+    best_weights, epoch_weights = (load_checkpoint(path)["model"] for path in (saved / "best.pt", best_of))
+    assert all(torch.equal(best_weights[k], v) for k, v in epoch_weights.items())

@@ -78,6 +78,9 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
     summary = train(cfg, device="cpu", resume=saved / "last.pt", log=logs.append, **roots)
     progress = last["train_state"]["progress"]
     assert f"resuming {saved / 'last.pt'}: epoch 2, step {progress['step']}, batch {progress['position']}" in logs
+    logs.clear()
+    train(cfg, device="cpu", resume=True, log=logs.append, **roots)  # ended: only tested again
+    assert "the run already reached train.epochs=2; raise it to train longer (now only the final test runs)" in logs
     assert summary["run"] == "tiny" and 0 < summary["train_seconds"] <= summary["total_seconds"]
     more = load_config(TINY, [*base, "train.epochs=3"])  # a longer run: an allowed change
     logs.clear()
