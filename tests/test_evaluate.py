@@ -240,3 +240,21 @@ def test_a_split_is_decoded_at_the_beam_asked_for_not_the_configured_one(trained
         direct = translate_ids(model, src, cfg.decode, CPU, beam_size=beam)  # PyTorch, this beam, directly
         assert hyps[beam] == [codecs["tgt"].decode(r[0][0]) for r in direct]
     assert hyps[1] != hyps[4]  # the two beams translate some sentence differently, so the beam is visible
+
+
+def test_a_report_names_every_checkpoint_file_and_its_time_and_times_within_the_call(trained):
+    """An ensemble's report lists its members and their modification times; the decoding time is within the
+    call's wall time."""
+    import time
+    from datetime import datetime
+
+    cfg, saved, _ = trained
+    model, _, codecs = restore(load_checkpoint(saved / "best.pt"))
+    files = [str(saved / "best.pt"), str(saved / "last.pt")]
+    started = time.perf_counter()
+    report = evaluate_splits(model.eval(), codecs, cfg, ["test_small"], CPU, 1, None, log=lambda *_: None,
+                             checkpoint=files)["test_small"]  # fmt: skip
+    wall = time.perf_counter() - started
+    made = [datetime.fromtimestamp(os.stat(f).st_mtime).isoformat() for f in files]
+    assert report["checkpoint"] == " + ".join(files) and report["checkpoint_modified"] == " + ".join(made)
+    assert 0 < report["seconds"] <= wall + 0.0005
