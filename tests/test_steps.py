@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from conftest import random_ids, small_model
 
+from mt_cli.config.schema import TrainConfig
 from mt_cli.data.vocab import PAD
-from mt_cli.steps import loss_sum, resolve_precision
+from mt_cli.steps import build_optimizer, loss_sum, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -79,3 +80,19 @@ def test_ddp_all_reduces_only_in_the_last_backward_of_an_accumulated_update(tmp_
         assert per_backward >= 1 and len(reduced) == 2 * per_backward  # the third backward only
     finally:
         dist.destroy_process_group()
+
+
+def test_adam_takes_lr_betas_eps_and_weight_decay_from_the_config():
+    """Two steps with fixed gradients against Adam written out here, with L2 weight decay added to the
+    gradient (torch.optim.Adam's weight_decay); betas and eps far from the defaults so that each one counts."""
+    tcfg = TrainConfig(lr=0.01, betas=(0.5, 0.7), eps=0.1, weight_decay=0.2)
+    weights = torch.nn.Parameter(torch.tensor([2.0, -3.0, 0.5]))
+    optimizer = build_optimizer([weights], tcfg, CPU)
+    expected, m, v = weights.detach().clone(), torch.zeros(3), torch.zeros(3)
+    for t, grad in enumerate((torch.tensor([0.0, 1.0, -0.4]), torch.tensor([0.3, 0.0, 0.2])), start=1):
+        g = grad + 0.2 * expected
+        m, v = 0.5 * m + 0.5 * g, 0.7 * v + 0.3 * g * g
+        expected = expected - 0.01 * (m / (1 - 0.5**t)) / ((v / (1 - 0.7**t)).sqrt() + 0.1)
+        weights.grad = grad.clone()
+        optimizer.step()
+        assert torch.allclose(weights.detach(), expected, rtol=0, atol=1e-6), t

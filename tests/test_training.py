@@ -9,6 +9,7 @@ import math
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,30 @@ def test_best_metric_and_early_stopping_decisions(corpus, tmp_path):
         (False, StopReason.EARLY_STOPPING),
     ]
     assert trainer.state.best_so_far == BestSoFar(2.0, 2, 3)
+
+
+def test_with_best_metric_val_bleu_the_higher_bleu_wins_whatever_the_loss_does(corpus, tmp_path):
+    """Loss and BLEU disagree at every epoch: best epoch and early stopping follow BLEU, higher being better."""
+    with Writer() as writer:
+        trainer = _trainer(
+            corpus, tmp_path, writer, "train.best_metric=val_bleu", "train.early_stopping=2", "train.epochs=10"
+        )
+        whole, decisions = EpochProgress(batches=22), []
+        for epoch, (loss, bleu) in enumerate([(3.0, 10.0), (2.0, 8.0), (3.5, 12.0), (1.0, 11.0), (0.5, 12.0)], 1):
+            improved = trainer.update_best(dataclasses.replace(_record(epoch, loss), val_bleu=bleu))
+            decisions.append((improved, trainer.should_stop(epoch, whole)))
+    assert decisions == [(True, None), (False, None), (True, None), (False, None), (False, StopReason.EARLY_STOPPING)]
+    assert trainer.state.best_so_far == BestSoFar(12.0, 3, 2)
+
+
+def test_an_epochs_seconds_are_the_time_its_training_took(corpus, tmp_path):
+    """Positive and within the wall time of the train_epoch call (the figure throughput is divided by)."""
+    with Writer() as writer:
+        trainer = _trainer(corpus, tmp_path, writer, "train.epochs=2", "train.val_bleu=false")
+        started = time.perf_counter()
+        progress = trainer.train_epoch(1)
+        wall = time.perf_counter() - started
+    assert 0 < progress.seconds <= wall
 
 
 def test_max_steps_and_last_epoch_stop_the_run(corpus, tmp_path):

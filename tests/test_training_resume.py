@@ -3,6 +3,7 @@ and says, resuming it twice, the newest run of a config, and the messages of ref
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from conftest import TINY
 from mt_cli.checkpoint import load_checkpoint, save_state
 from mt_cli.config import load_config
 from mt_cli.training import StopReason, TrainingStopped, train
-from mt_cli.training.resume import check_resume, find_last, resume_command
+from mt_cli.training.resume import check_resume, discard_run_folders, find_last, resume_command, truncate_metrics
 from mt_cli.training.rng import rng_state, set_rng_state
 from mt_cli.training.signals import Signals
 
@@ -48,13 +49,17 @@ def run(small, tmp_path):
     return cfg, roots, tmp_path, base
 
 
-def _sigterm_after_epoch_1(logs):
+def _sigterm_on(start: str, logs):
     def log(line):
         logs.append(line)
-        if line.startswith("epoch   1 "):
-            os.kill(os.getpid(), signal.SIGTERM)  # lands during epoch 2's first step
+        if line.startswith(start):
+            os.kill(os.getpid(), signal.SIGTERM)  # the run stops after its next step
 
     return log
+
+
+def _sigterm_after_epoch_1(logs):
+    return _sigterm_on("epoch   1 ", logs)  # lands during epoch 2's first step
 
 
 def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(run):
@@ -87,6 +92,12 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
     train(more, device="cpu", resume=True, log=logs.append, **roots)
     assert not [line for line in logs if line.startswith("warning")], logs  # the same process count as recorded
     assert any(line.startswith("resuming with a changed train.epochs: 2 -> 3") for line in logs)
+    # resumed once more and stopped before it trains: the ended run's summary.json no longer describes it
+    assert (result / "summary.json").is_file()
+    with pytest.raises(TrainingStopped, match="^SIGTERM received before training started"):
+        train(load_config(TINY, [*base, "train.epochs=4"]), device="cpu", resume=True,
+              log=_sigterm_on(f"resuming {saved / 'last.pt'}: ", []), **roots)  # fmt: skip
+    assert not (result / "summary.json").exists()
 
 
 def test_a_refused_change_says_which_config_to_resume_with(run):
@@ -165,3 +176,29 @@ def test_every_generator_state_is_saved_and_restored():
     drawn = (random.random(), torch.rand(3).tolist(), np.random.rand(3).tolist())
     set_rng_state(saved, cpu)
     assert (random.random(), torch.rand(3).tolist(), np.random.rand(3).tolist()) == drawn
+
+
+def test_truncating_the_metrics_drops_exactly_the_epochs_to_repeat(tmp_path):
+    """Lines of epochs >= the first one to repeat go, others stay (an unreadable line too); the count is
+    the number of lines dropped, and a file with nothing to drop is not rewritten."""
+    path = tmp_path / "metrics.jsonl"
+    assert truncate_metrics(path, 1) == 0 and not path.exists()
+    lines = [json.dumps({"epoch": e, "val_loss": 5.0 - e}) for e in (1, 2, 3, 3)] + ["{half a line"]
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    before = path.stat().st_mtime_ns
+    assert truncate_metrics(path, 4) == 0 and path.stat().st_mtime_ns == before
+    assert truncate_metrics(path, 3) == 2
+    assert path.read_text(encoding="utf-8") == "\n".join([*lines[:2], lines[4]]) + "\n"
+
+
+def test_a_run_that_failed_before_saving_leaves_no_folders_even_if_one_was_never_made(tmp_path):
+    saved, result = tmp_path / "saved" / "tiny", tmp_path / "result" / "tiny"
+    saved.mkdir(parents=True)
+    (saved / "epoch_0001.pt.tmp").write_bytes(b"partial")
+    discard_run_folders(saved, result)  # result/ was never created: not an error
+    assert not saved.exists() and not result.exists()
+    saved.mkdir()
+    result.mkdir(parents=True)
+    (saved / "last.pt").write_bytes(b"a run to continue")
+    discard_run_folders(saved, result)
+    assert (saved / "last.pt").is_file() and result.is_dir()
