@@ -130,6 +130,19 @@ def test_a_report_keeps_only_the_scores_of_the_same_checkpoint_file(trained, tmp
     os.utime(other, ns=(later, later))  # other.pt rewritten since: its earlier scores are not its own
     _reports(trained, out, ["test_small"], other)
     assert list(json.loads(report.read_text())) == ["test_small"]
+    # a model given without its file: no file tells such calls apart, so each keeps the other's split
+    cfg, model, codecs = trained[0], *restore(load_checkpoint(best))[::2]
+    for split in ("valid", "test_small"):
+        evaluate_splits(model.eval(), codecs, cfg, [split], CPU, 1, tmp_path / "plain", log=lambda *_: None)
+    kept = json.loads((tmp_path / "plain" / "eval.beam1.json").read_text())
+    assert list(kept) == ["valid", "test_small"] and "checkpoint" not in kept["valid"]
+
+
+def test_an_evaluation_split_is_streamed_beyond_data_resident_max_mb(trained):
+    cfg, _, overrides = trained
+    assert evaluate.load_eval_split(cfg, "valid")[0].resident
+    data, refs = evaluate.load_eval_split(load_config(TINY, overrides + ["data.resident_max_mb=0"]), "valid")
+    assert not data.resident and len(refs) == len(data) > 0
 
 
 def test_a_failed_report_write_removes_only_the_files_it_created(trained, tmp_path, monkeypatch):
