@@ -164,6 +164,8 @@ def test_divergence_skips_nonfinite_updates_then_stops_with_a_checkpoint(corpus,
     assert len(warnings) == 3 and "3 in a row" in warnings[-1]
     ck = load_checkpoint(tmp_path / "saved" / S.RUN / "last.pt")
     assert ck["step"] == stop_step
+    progress = ck["train_state"]["progress"]  # where it stopped: epoch 1, after stop_step batches
+    assert (progress["epoch"], progress["position"]) == (1, stop_step)
     # the skipped updates never reached the weights: the checkpoint holds the last finite ones
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert not (tmp_path / "result" / S.RUN / "summary.json").exists()

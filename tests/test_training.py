@@ -134,6 +134,13 @@ def test_best_metric_and_early_stopping_decisions(corpus, tmp_path):
     assert trainer.state.best_so_far == BestSoFar(2.0, 2, 3)
 
 
+def test_a_run_state_moved_to_another_point_takes_the_changes_given_and_keeps_the_rest():
+    state = RunState(epoch=2, step=30, position=4, elapsed=12.0, bad_epochs=1)
+    moved = state.at(3, 0, elapsed=20.5)
+    assert dataclasses.asdict(moved) == {**dataclasses.asdict(state), "epoch": 3, "position": 0, "elapsed": 20.5}
+    assert state.at(5, 2) == dataclasses.replace(state, epoch=5, position=2)
+
+
 def test_with_best_metric_val_bleu_the_higher_bleu_wins_whatever_the_loss_does(corpus, tmp_path):
     """Loss and BLEU disagree at every epoch: best epoch and early stopping follow BLEU, higher being better."""
     with Writer() as writer:
@@ -467,6 +474,7 @@ def test_a_run_logs_its_start_records_its_config_and_returns_its_summary(corpus,
     assert (summary["best_epoch"], summary["best_val_loss"], summary["skipped_updates"]) == (
         1, metrics[0]["val_loss"], 0)  # fmt: skip
     assert 0 < summary["train_seconds"] <= summary["total_seconds"] == round(summary["total_seconds"], 1)
+    assert summary["train_seconds"] == round(summary["train_seconds"], 1)
     assert json.loads((result / "summary.json").read_text(encoding="utf-8")) == summary
 
 

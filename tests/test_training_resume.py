@@ -17,7 +17,15 @@ from conftest import TINY
 from mt_cli.checkpoint import load_checkpoint, save_state
 from mt_cli.config import load_config
 from mt_cli.training import StopReason, TrainingStopped, train
-from mt_cli.training.resume import check_resume, discard_run_folders, find_last, resume_command, truncate_metrics
+from mt_cli.training.resume import (
+    check_resume,
+    config_changes,
+    discard_run_folders,
+    find_last,
+    resume_command,
+    run_folders,
+    truncate_metrics,
+)
 from mt_cli.training.rng import rng_state, set_rng_state
 from mt_cli.training.signals import Signals
 
@@ -202,3 +210,53 @@ def test_a_run_that_failed_before_saving_leaves_no_folders_even_if_one_was_never
     (saved / "last.pt").write_bytes(b"a run to continue")
     discard_run_folders(saved, result)
     assert (saved / "last.pt").is_file() and result.is_dir()
+
+
+def test_a_new_run_takes_the_first_name_free_in_both_roots(small, tmp_path):
+    """saved/<name> or result/<name> alone is enough to skip a name: a run never writes into another's folder."""
+    cfg, roots = load_config(TINY, small[1]), (str(tmp_path / "saved"), str(tmp_path / "result"))
+    assert run_folders(cfg, *roots) == (tmp_path / "saved" / "tiny", tmp_path / "result" / "tiny")
+    (tmp_path / "saved" / "tiny").mkdir(parents=True)
+    (tmp_path / "result" / "tiny-2").mkdir(parents=True)
+    assert run_folders(cfg, *roots) == (tmp_path / "saved" / "tiny-3", tmp_path / "result" / "tiny-3")
+
+
+def test_an_unreadable_last_pt_of_an_older_run_does_not_stop_plain_resume(run):
+    """Its name cannot be read, so it stays a candidate, but the newest run is the one taken."""
+    _, roots, tmp, base = run
+    train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    root = tmp / "saved"
+    (root / "tiny-2").mkdir()
+    (root / "tiny-2" / "last.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    newest = os.stat(root / "tiny" / "last.pt").st_mtime_ns
+    os.utime(root / "tiny-2" / "last.pt", ns=(newest - 10**9, newest - 10**9))
+    assert find_last(root, "tiny") == root / "tiny" / "last.pt"
+
+
+def test_decoding_settings_may_change_on_resume_and_model_settings_may_not(small):
+    """`decode.` in RESUMABLE_CHANGES stands for every decode key."""
+    old = load_config(TINY, small[1]).to_dict()
+    new = load_config(TINY, [*small[1], "decode.beam_size=7", "decode.max_len_b=20", "model.d_ff=48"]).to_dict()
+    assert config_changes(old, new) == (["decode.beam_size", "decode.max_len_b"], ["model.d_ff"])
+
+
+def test_a_two_process_checkpoint_resumed_by_one_process_continues_at_the_same_share_and_warns(run):
+    """last.pt of a run of 2 processes (each rank's RNG and loss sums, the position in a rank's half of the
+    epoch): one process continues at twice that position, with both ranks' loss sums, and says so."""
+    cfg, roots, tmp, _ = run
+    with pytest.raises(TrainingStopped):
+        train(cfg, device="cpu", log=_sigterm_after_epoch_1([]), **roots)
+    last = tmp / "saved" / "tiny" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    state = checkpoint["train_state"]
+    acc = state["ranks"][0]["acc"]
+    state["progress"].update(world=2, position=3)
+    state["ranks"] = [state["ranks"][0], {**state["ranks"][0], "acc": acc * 2}]
+    save_state(last, checkpoint)
+    logs = []
+    train(cfg, device="cpu", resume=last, log=logs.append, **roots)
+    assert f"resuming {last}: epoch 2, step {checkpoint['step']}, batch 6" in logs
+    assert (
+        "warning: resuming with 1 process(es), the run used 2: the epoch continues from about the same point, but "
+        "the result will not be bit-identical to an uninterrupted run"
+    ) in logs
