@@ -8,7 +8,9 @@ against every test of the selection, stopping at the first failure. Writes SCOPE
 
     python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment; skips those rechecked before)
     python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)
-RECHECK_FIRST="tests/a.py tests/b.py" runs those files of the selection first (a survivor then dies sooner)."""
+RECHECK_FIRST="tests/a.py tests/b.py" runs those files of the selection first (a survivor then dies sooner).
+RECHECK_SELECTION="tests/a.py" runs only those files, without the scope's -k: a recheck of earlier samples'
+survivors by tests that existed, unchanged, before those samples were drawn."""
 
 from __future__ import annotations
 
@@ -53,6 +55,8 @@ def main(scope: str, only: list[str]) -> None:
     files = table["pytest_add_cli_args_test_selection"]
     first = os.environ.get("RECHECK_FIRST", "").split()  # likely killers first: -x stops sooner, same verdicts
     selection = table.get("pytest_add_cli_args", []) + first + [f for f in files if f not in first]  # with its -k
+    if os.environ.get("RECHECK_SELECTION"):
+        selection = ["-q", "-p", "no:cacheprovider", *os.environ["RECHECK_SELECTION"].split()]
     path = HERE / scope / "recheck.txt"
     earlier = [line for line in path.read_text().splitlines() if line] if path.exists() else []
     skip = judged() | ({line.split(": ")[0] for line in earlier} if not only else set())  # done by a past run
