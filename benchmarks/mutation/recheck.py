@@ -9,6 +9,7 @@ against every test of the selection, stopping at the first failure. Writes SCOPE
     python benchmarks/mutation/recheck.py SCOPE   (from run.sh, in its environment; skips those rechecked before)
     python benchmarks/mutation/recheck.py SCOPE NAME...   (these again, after a new test; merged into recheck.txt)
 RECHECK_FIRST="tests/a.py tests/b.py" runs those files of the selection first (a survivor then dies sooner).
+A scope's [tool.mt_mutation] recheck_also (with recheck_also_k) is run after its selection: subprocess tests.
 RECHECK_SELECTION="tests/a.py" runs only those files, without the scope's -k: a recheck of earlier samples'
 survivors by tests that existed, unchanged, before those samples were drawn."""
 
@@ -38,25 +39,32 @@ def survivors(results: Path) -> list[str]:
     return [name for name, state in verdicts(results).items() if state in NOT_KILLED]
 
 
-def run_one(name: str, work: Path, selection: list[str], timeout: int) -> tuple[str, str, float]:
+def run_one(name: str, work: Path, selections: list[list[str]], timeout: int) -> tuple[str, str, float]:
+    """The selections one after another (the scope's, then its subprocess tests), until one fails."""
     start = time.perf_counter()
     env = {**os.environ, "MUTANT_UNDER_TEST": name}
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
-    try:
-        code = subprocess.run(cmd, cwd=work / "mutants", env=env, capture_output=True, timeout=timeout).returncode
-        verdict = "survived" if code == 0 else "killed"
-    except subprocess.TimeoutExpired:
-        verdict = "timeout"
-    return name, verdict, time.perf_counter() - start
+    for selection in selections:
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection]
+        try:
+            code = subprocess.run(cmd, cwd=work / "mutants", env=env, capture_output=True, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            return name, "timeout", time.perf_counter() - start
+        if code != 0:
+            return name, "killed", time.perf_counter() - start
+    return name, "survived", time.perf_counter() - start
 
 
 def main(scope: str, only: list[str]) -> None:
-    table = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]["mutmut"]
+    tables = tomllib.loads((HERE / "scopes" / f"{scope}.toml").read_text())["tool"]
+    table, extra = tables["mutmut"], tables.get("mt_mutation", {})
     files = table["pytest_add_cli_args_test_selection"]
     first = os.environ.get("RECHECK_FIRST", "").split()  # likely killers first: -x stops sooner, same verdicts
     selection = table.get("pytest_add_cli_args", []) + first + [f for f in files if f not in first]  # with its -k
+    selections = [selection]
+    if extra.get("recheck_also"):  # subprocess tests, which mutmut's own run cannot use
+        selections.append(["-k", extra.get("recheck_also_k", ""), *extra["recheck_also"]])
     if os.environ.get("RECHECK_SELECTION"):
-        selection = ["-q", "-p", "no:cacheprovider", *os.environ["RECHECK_SELECTION"].split()]
+        selections = [os.environ["RECHECK_SELECTION"].split()]
     path = HERE / scope / "recheck.txt"
     earlier = [line for line in path.read_text().splitlines() if line] if path.exists() else []
     skip = judged() | ({line.split(": ")[0] for line in earlier} if not only else set())  # done by a past run
@@ -68,7 +76,7 @@ def main(scope: str, only: list[str]) -> None:
     kept = [line for line in earlier if line.split(": ")[0] not in names]
     lines = []
     with ThreadPoolExecutor(jobs) as pool:
-        for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selection, timeout), names):
+        for name, verdict, seconds in pool.map(lambda n: run_one(n, work, selections, timeout), names):
             lines.append(f"{name}: {verdict}  ({seconds:.0f} s)")
             print(lines[-1], flush=True)
     path.write_text("".join(line + "\n" for line in sorted(kept + lines)))
