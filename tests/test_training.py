@@ -383,6 +383,7 @@ def test_a_long_cpu_run_says_early_how_long_it_will_take_and_goes_on(corpus, tmp
     assert DurationEstimate(40, clock=iter([0.0, 25.0]).__next__, skip=5, measure=25).after_step() is None
     assert (human_duration(9 * 3600 + 300), human_duration(1200), human_duration(5)) == ("9.1 h", "20 min", "1 min")
     assert (human_duration(3599), human_duration(3600)) == ("60 min", "1.0 h")  # hours from the full hour
+    assert human_duration(36184) == "10.1 h"  # 10.0511 h (10.048 if an hour were 3601 s)
 
 
 def test_a_cpu_run_estimates_from_its_first_epoch_all_the_steps_to_go(corpus, tmp_path):
@@ -446,8 +447,9 @@ def test_an_epoch_record_rounds_as_documented_and_counts_every_process():
     plain = dataclasses.replace(record, val_bleu=None, val_bleu_lc=None, epoch=12)
     assert plain.console_line(improved=False).startswith("epoch  12  train 4.115  val 1.235 (ppl 3.44)  lr 1.00e-03")
     assert plain.console_line(improved=False).endswith("tgt tok/s")
-    # the metrics line keeps no-BLEU epochs' null BLEU, leaves out other unset fields
-    assert plain.to_dict()["val_bleu"] is None and "processes" not in plain.to_dict()
+    # the metrics line keeps no-BLEU epochs' null BLEU (cased and lowercased), leaves out other unset fields
+    line = plain.to_dict()
+    assert (line["val_bleu"], line["val_bleu_lc"]) == (None, None) and "processes" not in line
 
 
 def test_a_run_logs_its_start_records_its_config_and_returns_its_summary(corpus, tmp_path):
@@ -550,6 +552,8 @@ def test_each_metrics_line_is_what_that_epochs_checkpoint_scores(corpus, tmp_pat
         best = line if improved else best
         assert EpochRecord(**line).console_line(improved) in logs
     assert lines[1]["elapsed"] > lines[0]["elapsed"] > 0
+    progress = load_checkpoint(saved / "last.pt")["train_state"]["progress"]  # resumes at the next epoch's start
+    assert (progress["epoch"], progress["position"], progress["step"]) == (3, 0, 44)
     best_of = saved / f"epoch_{best['epoch']:04d}.pt"
     best_weights, epoch_weights = (load_checkpoint(path)["model"] for path in (saved / "best.pt", best_of))
     assert all(torch.equal(best_weights[k], v) for k, v in epoch_weights.items())

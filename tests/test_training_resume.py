@@ -108,6 +108,16 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
     assert not (result / "summary.json").exists()
 
 
+def test_a_run_resumed_into_another_result_root_writes_its_files_there(run):
+    _, roots, tmp, base = run
+    train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
+    other = tmp / "other"
+    summary = train(load_config(TINY, [*base, "train.epochs=2"]), device="cpu", resume=tmp / "saved" / "tiny" /
+                    "last.pt", saved_root=roots["saved_root"], result_root=str(other), log=lambda *_: None)  # fmt: skip
+    assert summary["result"] == str(other / "tiny")
+    assert [json.loads(line)["epoch"] for line in (other / "tiny" / "metrics.jsonl").read_text().splitlines()] == [2]
+
+
 def test_a_refused_change_says_which_config_to_resume_with(run):
     _, roots, tmp, base = run
     train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
