@@ -44,6 +44,16 @@ def test_prepare_says_what_it_reads_how_and_on_how_many_sentences(files, tmp_pat
     vocab, lines = ("100, joint", 122) if joint else ("100", 61)
     assert logs[2] == f"training sentencepiece bpe models (vocab {vocab}; on {lines} sentences)"
     assert "train: skipped 1 repeating an earlier pair" in logs
+    assert [line for line in logs if line.endswith(" pairs")] == ["train: 60 pairs", "valid: 10 pairs"]  # 61 - 1
+
+
+def test_a_sentencepiece_corpus_without_target_text_is_refused_naming_its_file(tmp_path, real_lines):
+    de = real_lines("train", "de")[:20]
+    write_tsv(tmp_path / "train.tsv", de, [""] * 20)
+    write_tsv(tmp_path / "valid.tsv", de[:5], ["x"] * 5)
+    cfg = _cfg(tmp_path, "prepared", "data.tokenizer=sentencepiece", "data.sp_vocab_size=100")
+    with pytest.raises(DataError, match=f"^{re.escape(str(tmp_path / 'train.tsv'))}: no en text in the training data"):
+        prepare_corpus(cfg.data, log=lambda *_: None)
 
 
 def test_an_unchanged_input_file_is_not_hashed_again(files, tmp_path):

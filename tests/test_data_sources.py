@@ -177,3 +177,6 @@ def test_read_lines_names_a_missing_file_and_drops_a_byte_order_mark(tmp_path):
         read_lines(tmp_path / "no.txt")
     (tmp_path / "bom.txt").write_bytes("\ufeffeins\n\ufeffzwei\r\n".encode())
     assert read_lines(tmp_path / "bom.txt") == ["eins", "\ufeffzwei"]  # line 1's mark is not text
+    # only line ends go: trailing spaces and tabs are the text's (a TSV's empty last column is a tab)
+    (tmp_path / "ends.txt").write_bytes(b"ein Hund \t\r\nzwei\t\n drei\r\n")
+    assert read_lines(tmp_path / "ends.txt") == ["ein Hund \t", "zwei\t", " drei"]

@@ -246,6 +246,10 @@ def test_a_line_too_long_to_be_a_sentence_is_named_by_file_and_line(tmp_path):
         assert str(err.value) == (
             f"{path}:3: a line longer than {MAX_LINE_BYTES:,} bytes; is it a text file with one sentence per line?"
         )
+    exact = b"a" * (MAX_LINE_BYTES - 4) + b"\tone"  # at the limit, and filling the first read block exactly
+    path.write_bytes(exact + b"\nzwei\ttwo\n")
+    (chunk,) = stream.read_chunks("train", [path], chunk_lines=10)
+    assert (chunk.n, chunk.src.split(b"\n")[0]) == (2, exact)
 
 
 @pytest.mark.parametrize(
