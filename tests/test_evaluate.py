@@ -131,7 +131,7 @@ def test_a_report_keeps_only_the_scores_of_the_same_checkpoint_file(trained, tmp
     _reports(trained, out, ["test_small"], other)
     assert list(json.loads(report.read_text())) == ["test_small"]
     # a model given without its file: no file tells such calls apart, so each keeps the other's split
-    cfg, model, codecs = trained[0], *restore(load_checkpoint(best))[::2]
+    cfg, (model, _, codecs) = trained[0], restore(load_checkpoint(best))
     for split in ("valid", "test_small"):
         evaluate_splits(model.eval(), codecs, cfg, [split], CPU, 1, tmp_path / "plain", log=lambda *_: None)
     kept = json.loads((tmp_path / "plain" / "eval.beam1.json").read_text())

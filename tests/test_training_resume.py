@@ -111,9 +111,9 @@ def test_a_stop_signal_saves_last_pt_names_the_resume_command_and_resumes_twice(
 def test_a_run_resumed_into_another_result_root_writes_its_files_there(run):
     _, roots, tmp, base = run
     train(load_config(TINY, [*base, "train.epochs=1"]), device="cpu", log=lambda *_: None, **roots)
-    other = tmp / "other"
-    summary = train(load_config(TINY, [*base, "train.epochs=2"]), device="cpu", resume=tmp / "saved" / "tiny" /
-                    "last.pt", saved_root=roots["saved_root"], result_root=str(other), log=lambda *_: None)  # fmt: skip
+    other, last = tmp / "other", tmp / "saved" / "tiny" / "last.pt"
+    more = load_config(TINY, [*base, "train.epochs=2"])
+    summary = train(more, device="cpu", resume=last, saved_root=roots["saved_root"], result_root=str(other), log=print)
     assert summary["result"] == str(other / "tiny")
     assert [json.loads(line)["epoch"] for line in (other / "tiny" / "metrics.jsonl").read_text().splitlines()] == [2]
 
